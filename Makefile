@@ -1,0 +1,38 @@
+# lifelong: `make run` sets up .venv and serves with the embedded defaults; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-ingest clean venv
+
+venv: $(STAMP)
+
+# PyTorch goes in first, pinned, so pip takes the local CPU wheel instead of a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/lifelong serve --demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench-ingest: $(STAMP)
+	$(PY) bench/ingest.py
+
+bench: bench-ingest
+
+clean:
+	rm -rf $(VENV) lifelong-data .pytest_cache .mypy_cache .ruff_cache

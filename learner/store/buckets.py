@@ -1,0 +1,110 @@
+"""Read access to buckets and their examples (counts, latest probe accuracy)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, case, func, select
+
+from learner.store.models import Bucket, Evaluation, Example
+
+
+@dataclass(frozen=True)
+class BucketSummary:
+    """A bucket with its example counts and latest probe accuracy."""
+
+    id: int
+    name: str
+    kind: str
+    grader: str
+    status: str
+    created_at: datetime
+    train_examples: int
+    probe_examples: int
+    probe_accuracy: float | None
+    probe_accuracy_step: int | None
+
+
+def _counts_query():  # type: ignore[no-untyped-def]
+    is_probe = case((Example.split == "probe", 1), else_=0)
+    return (
+        select(
+            Example.bucket_id,
+            func.count().label("total"),
+            func.sum(is_probe).label("probes"),
+        )
+        .group_by(Example.bucket_id)
+        .subquery()
+    )
+
+
+def _latest_eval_query():  # type: ignore[no-untyped-def]
+    newest = (
+        select(Evaluation.bucket_id, func.max(Evaluation.id).label("eval_id"))
+        .group_by(Evaluation.bucket_id)
+        .subquery()
+    )
+    return (
+        select(Evaluation.bucket_id, Evaluation.score, Evaluation.at_step)
+        .join(newest, newest.c.eval_id == Evaluation.id)
+        .subquery()
+    )
+
+
+def list_buckets(conn: Connection, name: str | None = None) -> list[BucketSummary]:
+    counts = _counts_query()
+    latest = _latest_eval_query()
+    query = (
+        select(
+            Bucket.__table__,
+            func.coalesce(counts.c.total, 0).label("total"),
+            func.coalesce(counts.c.probes, 0).label("probes"),
+            latest.c.score,
+            latest.c.at_step,
+        )
+        .outerjoin(counts, counts.c.bucket_id == Bucket.id)
+        .outerjoin(latest, latest.c.bucket_id == Bucket.id)
+        .order_by(Bucket.id)
+    )
+    if name is not None:
+        query = query.where(Bucket.name == name)
+    return [
+        BucketSummary(
+            id=row.id,
+            name=row.name,
+            kind=row.kind,
+            grader=row.grader,
+            status=row.status,
+            created_at=row.created_at,
+            train_examples=int(row.total) - int(row.probes),
+            probe_examples=int(row.probes),
+            probe_accuracy=row.score,
+            probe_accuracy_step=row.at_step,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def get_bucket(conn: Connection, name: str) -> BucketSummary | None:
+    found = list_buckets(conn, name)
+    return found[0] if found else None
+
+
+def list_examples(
+    conn: Connection, bucket_id: int, split: str | None, limit: int, after_id: int = 0
+) -> list[Example]:
+    """A page of a bucket's examples in id order (keyset pagination with ``after_id``)."""
+    query = (
+        select(Example.__table__)
+        .where(Example.bucket_id == bucket_id, Example.id > after_id)
+        .order_by(Example.id)
+        .limit(limit)
+    )
+    if split is not None:
+        query = query.where(Example.split == split)
+    return [Example(**row._mapping) for row in conn.execute(query)]
+
+
+def count_examples(conn: Connection) -> int:
+    return conn.execute(select(func.count()).select_from(Example)).scalar_one()

@@ -1,0 +1,179 @@
+"""Ingestion of task examples: hashing, split assignment and the idempotent batch insert.
+
+An example is identified by the hash of (bucket, prompt, target). A batch is written in one
+transaction with ``INSERT ... ON CONFLICT DO NOTHING`` on (bucket_id, content_hash), so
+resubmitting an example (in the same batch, a later one or a concurrent request) is a
+no-op counted as a duplicate, and either the whole batch is stored or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from learner.graders import GRADERS
+from learner.store.models import BUCKET_KINDS, Bucket, Example
+
+BUCKET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# One example in ten is held out for probing: the split is a pure function of the hash,
+# so it never changes and every process computes the same answer.
+PROBE_MODULUS = 10
+
+
+class IngestError(ValueError):
+    """Input that cannot be stored; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Size limits applied to every ingested batch."""
+
+    max_examples: int = 5000
+    max_prompt_chars: int = 8192
+    max_target_chars: int = 8192
+
+    def __post_init__(self) -> None:
+        if min(self.max_examples, self.max_prompt_chars, self.max_target_chars) < 1:
+            raise ValueError("ingest limits must be positive")
+
+
+@dataclass(frozen=True)
+class NewExample:
+    """One submitted example before it is stored."""
+
+    prompt: str
+    target: str
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    bucket: str
+    accepted: int
+    duplicates: int
+
+
+def content_hash(bucket: str, prompt: str, target: str) -> str:
+    """SHA-256 over an unambiguous encoding of (bucket, prompt, target)."""
+    payload = json.dumps([bucket, prompt, target], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def split_for_hash(digest: str) -> str:
+    return "probe" if int(digest[:8], 16) % PROBE_MODULUS == 0 else "train"
+
+
+def validate_bucket_spec(name: str, kind: str | None, grader: str | None) -> None:
+    if not BUCKET_NAME_RE.match(name):
+        raise IngestError(
+            f"bucket name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if kind is not None and kind not in BUCKET_KINDS:
+        raise IngestError(f"unknown bucket kind {kind!r}; expected one of {list(BUCKET_KINDS)}")
+    if grader is not None and grader not in GRADERS:
+        raise IngestError(f"unknown grader {grader!r}; expected one of {sorted(GRADERS)}")
+
+
+def validate_examples(examples: Sequence[NewExample], limits: IngestLimits) -> None:
+    if not examples:
+        raise IngestError("examples: at least one example is required")
+    if len(examples) > limits.max_examples:
+        raise IngestError(
+            f"examples: {len(examples)} examples in one request, the limit is "
+            f"{limits.max_examples}",
+            status=413,
+        )
+    for i, ex in enumerate(examples):
+        for field, value, limit in (
+            ("prompt", ex.prompt, limits.max_prompt_chars),
+            ("target", ex.target, limits.max_target_chars),
+        ):
+            if not value:
+                raise IngestError(f"examples[{i}].{field} must not be empty")
+            if len(value) > limit:
+                raise IngestError(
+                    f"examples[{i}].{field} has {len(value)} characters, the limit is {limit}"
+                )
+
+
+def _insert(conn: Connection, table: type[Bucket] | type[Example]):  # type: ignore[no-untyped-def]
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def get_or_create_bucket(
+    conn: Connection, name: str, kind: str | None, grader: str | None
+) -> Bucket:
+    """Return the bucket row, creating it (race-free) with the given or default settings.
+
+    An existing bucket keeps its kind and grader; asking for different ones is a conflict.
+    """
+    conn.execute(
+        _insert(conn, Bucket)
+        .values(name=name, kind=kind or "task", grader=grader or "exact", status="active")
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    row = conn.execute(select(Bucket.__table__).where(Bucket.name == name)).one()
+    bucket = Bucket(id=row.id, name=row.name, kind=row.kind, grader=row.grader, status=row.status)
+    for field, wanted in (("kind", kind), ("grader", grader)):
+        have = getattr(bucket, field)
+        if wanted is not None and wanted != have:
+            raise IngestError(
+                f"bucket {name!r} already exists with {field} {have!r}, not {wanted!r}",
+                status=409,
+            )
+    return bucket
+
+
+def ingest_batch(
+    conn: Connection,
+    bucket_name: str,
+    examples: Sequence[NewExample],
+    *,
+    kind: str | None = None,
+    grader: str | None = None,
+    client: str | None = None,
+    limits: IngestLimits = IngestLimits(),
+) -> IngestResult:
+    """Validate and store one batch inside the caller's transaction.
+
+    Raises :class:`IngestError` before writing anything when the input is bad; the caller
+    rolls the transaction back on any exception, so a batch is all or nothing.
+    """
+    validate_bucket_spec(bucket_name, kind, grader)
+    validate_examples(examples, limits)
+    bucket = get_or_create_bucket(conn, bucket_name, kind, grader)
+
+    rows: dict[str, dict[str, object]] = {}
+    for ex in examples:
+        digest = content_hash(bucket_name, ex.prompt, ex.target)
+        rows.setdefault(
+            digest,
+            {
+                "bucket_id": bucket.id,
+                "prompt": ex.prompt,
+                "target": ex.target,
+                "split": split_for_hash(digest),
+                "content_hash": digest,
+                "external_id": ex.external_id,
+                "client": client,
+            },
+        )
+    stmt = (
+        _insert(conn, Example)
+        .on_conflict_do_nothing(index_elements=["bucket_id", "content_hash"])
+        .returning(Example.id)
+    )
+    inserted = len(conn.execute(stmt, list(rows.values())).all())
+    return IngestResult(bucket=bucket_name, accepted=inserted, duplicates=len(examples) - inserted)

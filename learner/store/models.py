@@ -1,0 +1,257 @@
+"""The SQL schema (DESIGN section 3) as SQLAlchemy 2.x typed ORM tables.
+
+These classes are the storage layer only; the HTTP API has its own pydantic schemas. The
+schema is created and changed only through Alembic revisions in ``migrations/``; the tests
+check that autogenerate finds no difference between these models and the revisions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# A fixed naming convention makes constraint names identical on SQLite and PostgreSQL,
+# which keeps migrations (and their downgrades) portable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+BUCKET_KINDS = ("task", "alignment")
+BUCKET_STATUSES = ("active", "paused")
+SPLITS = ("train", "probe")
+ADAPTER_STATUSES = ("candidate", "promoted", "rejected", "retired")
+REGISTRY_ACTIONS = ("promote", "rollback", "force")
+KEY_SCOPES = ("read", "submit", "admin")
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def _created_at() -> Mapped[datetime]:
+    return mapped_column(
+        DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP"), nullable=False
+    )
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the shared metadata and naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012
+
+
+class Bucket(Base):
+    """A task bucket: one arm of the teacher, with its grader."""
+
+    __tablename__ = "buckets"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", BUCKET_KINDS), name="kind"),
+        CheckConstraint(_one_of("status", BUCKET_STATUSES), name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="task")
+    grader: Mapped[str] = mapped_column(String(32), default="exact")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Example(Base):
+    """One prompt/target pair. ``content_hash`` makes resubmission a no-op."""
+
+    __tablename__ = "examples"
+    __table_args__ = (
+        UniqueConstraint("bucket_id", "content_hash", name="uq_examples_bucket_hash"),
+        CheckConstraint(_one_of("split", SPLITS), name="split"),
+        Index("ix_examples_bucket_split", "bucket_id", "split"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text)
+    split: Mapped[str] = mapped_column(String(8))
+    content_hash: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(128))
+    client: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ReplayState(Base):
+    """Prioritized-replay state of a train example; no row yet means 'new, max priority'."""
+
+    __tablename__ = "replay_state"
+
+    example_id: Mapped[int] = mapped_column(
+        ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
+    )
+    priority: Mapped[float] = mapped_column(Float)
+    last_loss: Mapped[float | None] = mapped_column(Float)
+    times_sampled: Mapped[int] = mapped_column(Integer, default=0)
+    last_sampled_step: Mapped[int | None] = mapped_column(Integer)
+
+
+class DifficultyScore(Base):
+    """One ensemble member's answer to one example."""
+
+    __tablename__ = "difficulty_scores"
+    __table_args__ = (UniqueConstraint("example_id", "member", name="uq_difficulty_scores_item"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"))
+    member: Mapped[str] = mapped_column(String(200))
+    correct: Mapped[int | None] = mapped_column(Integer)
+    mean_logprob: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ItemDifficulty(Base):
+    """Fitted IRT parameters of an example (difficulty b, discrimination a, standard error)."""
+
+    __tablename__ = "item_difficulty"
+
+    example_id: Mapped[int] = mapped_column(
+        ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
+    )
+    difficulty: Mapped[float] = mapped_column(Float)
+    std_error: Mapped[float | None] = mapped_column(Float)
+    discrimination: Mapped[float | None] = mapped_column(Float)
+    model: Mapped[str] = mapped_column(String(8), default="1pl")
+    fitted_at: Mapped[datetime] = _created_at()
+
+
+class AdapterVersion(Base):
+    """A saved LoRA adapter with its provenance and gate report."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (CheckConstraint(_one_of("status", ADAPTER_STATUSES), name="status"),)
+
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    parent_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
+    base_model: Mapped[str] = mapped_column(String(500))
+    path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    train_step: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    provenance: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    gate_report: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[datetime] = _created_at()
+
+
+class RegistryEvent(Base):
+    """An append-only log entry of a change of the active adapter version."""
+
+    __tablename__ = "registry_events"
+    __table_args__ = (CheckConstraint(_one_of("action", REGISTRY_ACTIONS), name="action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    from_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
+    to_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = _created_at()
+
+
+class Evaluation(Base):
+    """One cell of the accuracy matrix: adapter version x bucket (version NULL = base)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_bucket_version", "bucket_id", "adapter_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
+    score: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    at_step: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class TeacherState(Base):
+    """A snapshot of the teacher's state; the newest row is the current one."""
+
+    __tablename__ = "teacher_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    policy: Mapped[str] = mapped_column(String(32))
+    state: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = _created_at()
+
+
+class TeacherDecision(Base):
+    """One focus choice with the score of every arm and a readable reason."""
+
+    __tablename__ = "teacher_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, index=True)
+    bucket_id: Mapped[int | None] = mapped_column(ForeignKey("buckets.id", ondelete="SET NULL"))
+    scores: Mapped[dict[str, Any]] = mapped_column()
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ApiKey(Base):
+    """An API key, stored as a SHA-256 hash with its scope."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(_one_of("scope", KEY_SCOPES), name="scope"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = _created_at()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LearnerLease(Base):
+    """The training lease: one row per lease name, held by one worker with a heartbeat."""
+
+    __tablename__ = "learner_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ControlCommand(Base):
+    """A control action (pause, resume, ...) for the learner, which polls this table."""
+
+    __tablename__ = "control_commands"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    command: Mapped[str] = mapped_column(String(32))
+    args: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created_at()
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,60 @@
+"""The FastAPI application factory: ``uvicorn --factory server.app:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from learner.store.db import make_engine, upgrade
+from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
+from server.deps import AppState
+from server.errors import BodySizeLimit, install_error_handlers
+from server.routes import buckets, health, tasks
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def open_state(settings: Settings) -> AppState:
+    """Connect, migrate to the newest schema and set up authentication."""
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    new_key = ensure_admin_key(engine, settings.data_dir, settings.api_keys)
+    if new_key is not None:
+        path = (settings.data_dir / ADMIN_KEY_FILE).resolve()
+        # Printed once, at the first start; afterwards only the file holds it.
+        print(f"lifelong: created an admin API key (saved in {path}):\n  {new_key}", flush=True)
+    authenticator = Authenticator(engine, settings.api_keys, settings.auth_cache_seconds)
+    return AppState(settings=settings, engine=engine, authenticator=authenticator)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the database and other heavy objects are opened in the lifespan."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = open_state(settings)
+        app.state.lifelong = state
+        try:
+            yield
+        finally:
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="lifelong",
+        version="0.1.0",
+        summary="Continual LoRA learning from task streams, with a retention gate.",
+        lifespan=lifespan,
+        # Every call needs a bearer key, so the CSRF risk that strict checking guards
+        # against does not apply; clients that omit the header still get JSON parsing.
+        strict_content_type=False,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    for module in (health, tasks, buckets):
+        app.include_router(module.router)
+    return app

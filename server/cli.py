@@ -1,0 +1,117 @@
+"""The ``lifelong`` command line: serve, keys, db."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from learner.store.db import make_engine, upgrade, write_transaction
+from learner.store.keys import create_key, list_keys, revoke_key
+from learner.store.models import KEY_SCOPES
+from server.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Environment settings with the command-line flags laid over them."""
+    overrides = {
+        field: getattr(args, field)
+        for field in ("data_dir", "host", "port", "database_url")
+        if getattr(args, field, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", dest="data_dir", help="data directory (LIFELONG_DATA_DIR)")
+    parser.add_argument("--database-url", dest="database_url", help="LIFELONG_DATABASE_URL")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = _settings(args)
+    if not args.no_learner:
+        print(
+            "lifelong: the learner process is not built yet; serving the API only "
+            "(equivalent to --no-learner)",
+            file=sys.stderr,
+        )
+    print(f"lifelong: serving on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    settings = _settings(args)
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    return engine
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    if args.keys_command == "create":
+        with write_transaction(engine) as conn:
+            key = create_key(conn, args.scope, args.name)
+        print(key)
+    elif args.keys_command == "list":
+        with engine.connect() as conn:
+            for k in list_keys(conn):
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+                print(f"{k.id}\t{k.scope}\t{k.name}\t{k.created_at:%Y-%m-%d %H:%M}\t{state}")
+    elif args.keys_command == "revoke":
+        with write_transaction(engine) as conn:
+            if not revoke_key(conn, args.id):
+                print(f"no active key with id {args.id}", file=sys.stderr)
+                return 1
+        print(f"revoked key {args.id}")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    _engine(args)
+    print("database is at the newest schema revision")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lifelong", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (and the learner)")
+    _add_common(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--no-learner", action="store_true", help="run the API alone")
+    serve.add_argument("--demo", action="store_true", help="also feed the demo task stream")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--scope", choices=KEY_SCOPES, default="submit")
+    create.add_argument("--name", default="cli")
+    keys_sub.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id", type=int)
+    for p in (create, keys_sub.choices["list"], revoke):
+        _add_common(p)
+    keys.set_defaults(func=cmd_keys)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db.add_argument("action", choices=["upgrade"])
+    _add_common(db)
+    db.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

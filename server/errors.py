@@ -1,0 +1,130 @@
+"""Uniform JSON errors: ``{"error": {"message": ..., "details": [...]}}``.
+
+Validation problems become one readable message that names the offending field, so that a
+client sees what to fix without reading pydantic's structures.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from learner.store.ingest import IngestError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int,
+    message: str,
+    details: list[Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {"message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out or "body"
+
+
+def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
+    if errors and errors[0].get("type") == "json_invalid":
+        ctx = errors[0].get("ctx", {})
+        return f"request body is not valid JSON: {ctx.get('error', 'parse error')}"
+    shown = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(shown) + more
+
+
+def _not_json(request: Request, errors: list[dict[str, Any]]) -> bool:
+    """A body sent as another media type reaches validation as a non-object."""
+    content_type = request.headers.get("content-type", "")
+    return (
+        bool(content_type)
+        and "json" not in content_type
+        and any(tuple(e.get("loc", ())) == ("body",) for e in errors)
+    )
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    raw = list(exc.errors())
+    errors = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in raw]
+    if _not_json(request, raw):
+        message = "request body must be JSON, sent with 'Content-Type: application/json'"
+        return error_response(415, message, errors[:20])
+    return error_response(422, describe_validation_errors(raw), errors[:20])
+
+
+async def _http_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
+async def _ingest_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IngestError)
+    return error_response(exc.status, str(exc))
+
+
+async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, "internal error; the request was not applied")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_handler)
+    app.add_exception_handler(IngestError, _ingest_handler)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+class BodySizeLimit:
+    """ASGI middleware answering 413 when a request body exceeds ``max_bytes``."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"request body is larger than {self.max_bytes} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

@@ -1,0 +1,75 @@
+"""Buckets and their examples."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from learner.store.buckets import BucketSummary, get_bucket, list_buckets, list_examples
+from server.deps import ReadConn, Reader
+from server.schemas import BucketOut, ErrorOut, ExampleOut, ExamplePage
+
+router = APIRouter(prefix="/v1/buckets", tags=["buckets"])
+
+
+def _bucket_out(summary: BucketSummary) -> BucketOut:
+    return BucketOut(
+        name=summary.name,
+        kind=summary.kind,
+        grader=summary.grader,
+        status=summary.status,
+        created_at=summary.created_at,
+        train_examples=summary.train_examples,
+        probe_examples=summary.probe_examples,
+        probe_accuracy=summary.probe_accuracy,
+        probe_accuracy_step=summary.probe_accuracy_step,
+    )
+
+
+def _found(conn: ReadConn, name: str) -> BucketSummary:
+    summary = get_bucket(conn, name)
+    if summary is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"bucket {name!r} does not exist")
+    return summary
+
+
+@router.get("")
+def get_buckets(conn: ReadConn, _: Reader) -> list[BucketOut]:
+    """Every bucket with its counts and latest probe accuracy."""
+    return [_bucket_out(s) for s in list_buckets(conn)]
+
+
+@router.get("/{name}", responses={404: {"model": ErrorOut}})
+def get_one_bucket(name: str, conn: ReadConn, _: Reader) -> BucketOut:
+    return _bucket_out(_found(conn, name))
+
+
+@router.get("/{name}/examples", responses={404: {"model": ErrorOut}})
+def get_bucket_examples(
+    name: str,
+    conn: ReadConn,
+    _: Reader,
+    split: Literal["train", "probe"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after_id: Annotated[int, Query(ge=0)] = 0,
+) -> ExamplePage:
+    """A page of the bucket's examples in id order; follow ``next_after_id`` for more."""
+    summary = _found(conn, name)
+    rows = list_examples(conn, summary.id, split, limit, after_id)
+    return ExamplePage(
+        bucket=name,
+        split=split,
+        examples=[
+            ExampleOut(
+                id=r.id,
+                prompt=r.prompt,
+                target=r.target,
+                split=r.split,
+                external_id=r.external_id,
+                created_at=r.created_at,
+            )
+            for r in rows
+        ],
+        next_after_id=rows[-1].id if len(rows) == limit else None,
+    )

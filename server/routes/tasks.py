@@ -1,0 +1,38 @@
+"""Task submission: ``POST /v1/tasks``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from learner.store.db import write_transaction
+from learner.store.ingest import NewExample, ingest_batch
+from server.deps import State, Submitter
+from server.schemas import ErrorOut, TaskAccepted, TaskSubmission
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={409: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+)
+def submit_tasks(body: TaskSubmission, state: State, principal: Submitter) -> TaskAccepted:
+    """Store a batch of examples in a bucket (created on first use), all or nothing.
+
+    Resubmitting an example already in the bucket is a no-op counted in ``duplicates``.
+    """
+    examples = [NewExample(e.prompt, e.target, e.id) for e in body.examples]
+    with write_transaction(state.engine) as conn:
+        result = ingest_batch(
+            conn,
+            body.bucket,
+            examples,
+            kind=body.kind,
+            grader=body.grader,
+            client=principal.name,
+            limits=state.settings.limits.ingest_limits(),
+        )
+    return TaskAccepted(
+        bucket=result.bucket, accepted=result.accepted, duplicates=result.duplicates
+    )

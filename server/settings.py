@@ -1,0 +1,57 @@
+"""Service settings, read from the environment (prefix ``LIFELONG_``, nested with ``__``).
+
+Settings live only at the edge: the CLI and ``create_app`` turn them into the small config
+dataclasses that each component takes (for example :class:`learner.store.ingest.IngestLimits`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from learner.store.ingest import IngestLimits
+
+
+class LimitSettings(BaseModel):
+    """Request limits; over-long fields get 422, too many examples or too big a body 413."""
+
+    max_examples_per_request: int = Field(default=5000, ge=1)
+    max_prompt_chars: int = Field(default=8192, ge=1)
+    max_target_chars: int = Field(default=8192, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+
+    def ingest_limits(self) -> IngestLimits:
+        return IngestLimits(
+            max_examples=self.max_examples_per_request,
+            max_prompt_chars=self.max_prompt_chars,
+            max_target_chars=self.max_target_chars,
+        )
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one service instance (DESIGN section 10)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIFELONG_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Path("./lifelong-data")
+    database_url: str | None = None
+    base_model: str = "builtin:tiny"
+    device: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Comma-separated ``scope:key`` entries; held in memory as hashes, never written anywhere.
+    api_keys: str = ""
+    # How long a verified key is trusted before the database is asked again (revocations
+    # made with `lifelong keys revoke` take effect within this delay).
+    auth_cache_seconds: float = Field(default=2.0, ge=0)
+    limits: LimitSettings = LimitSettings()
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or a SQLite file inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'lifelong.db').resolve()}"
