@@ -7,19 +7,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
+from learner.modeling import resolve_model_dir
 from learner.store.db import make_engine, upgrade
 from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
 from server.deps import AppState
 from server.errors import BodySizeLimit, install_error_handlers
-from server.routes import buckets, health, tasks
+from server.inference import InferenceEngine
+from server.routes import adapters, buckets, completions, health, learner, tasks
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def open_state(settings: Settings) -> AppState:
-    """Connect, migrate to the newest schema and set up authentication."""
+def prepare_database(settings: Settings) -> Engine:
+    """Connect, migrate to the newest schema and make sure an admin key exists."""
     engine = make_engine(settings.resolved_database_url())
     upgrade(engine)
     new_key = ensure_admin_key(engine, settings.data_dir, settings.api_keys)
@@ -27,8 +30,21 @@ def open_state(settings: Settings) -> AppState:
         path = (settings.data_dir / ADMIN_KEY_FILE).resolve()
         # Printed once, at the first start; afterwards only the file holds it.
         print(f"lifelong: created an admin API key (saved in {path}):\n  {new_key}", flush=True)
+    return engine
+
+
+def open_state(settings: Settings) -> AppState:
+    """The app's long-lived objects: database engine and authenticator."""
+    engine = prepare_database(settings)
     authenticator = Authenticator(engine, settings.api_keys, settings.auth_cache_seconds)
-    return AppState(settings=settings, engine=engine, authenticator=authenticator)
+    inference = InferenceEngine(
+        engine,
+        lambda: resolve_model_dir(settings.base_model, settings.data_dir),
+        device=settings.device,
+    )
+    if settings.preload_model:
+        inference.start_once()
+    return AppState(settings, engine, authenticator, inference)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if state.inference is not None:
+                state.inference.stop()
             state.engine.dispose()
 
     app = FastAPI(
@@ -55,6 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    for module in (health, tasks, buckets):
+    for module in (health, tasks, buckets, adapters, learner, completions):
         app.include_router(module.router)
     return app

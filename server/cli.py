@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from learner.store.db import make_engine, upgrade, write_transaction
 from learner.store.keys import create_key, list_keys, revoke_key
@@ -30,17 +31,61 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import create_app
+    from server.app import create_app, prepare_database
+    from server.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
+
+    settings = _settings(args).model_copy(update={"preload_model": True})
+    engine = prepare_database(settings)
+    url = settings.resolved_database_url()
+    supervisor = None
+    if not args.no_learner:
+        supervisor = LearnerSupervisor(learner_argv(str(settings.data_dir), url), child_env())
+        supervisor.start()
+    feeder = DemoFeeder(engine, interval=args.demo_interval) if args.demo else None
+    if feeder is not None:
+        feeder.start()
+    print(
+        f"lifelong: serving on http://{settings.host}:{settings.port} "
+        f"(dashboard at /, API docs at /docs)\n"
+        f"lifelong: admin API key in {(settings.data_dir / 'admin.key').resolve()}\n"
+        f"lifelong: learner {'off (--no-learner)' if supervisor is None else 'running'}"
+        f"{', demo stream on' if feeder else ''}",
+        flush=True,
+    )
+    try:
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port, log_level="warning"
+        )
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        if supervisor is not None:
+            supervisor.stop()
+    return 0
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from learner.modeling import resolve_model_dir
+    from learner.worker import Learner
 
     settings = _settings(args)
-    if not args.no_learner:
-        print(
-            "lifelong: the learner process is not built yet; serving the API only "
-            "(equivalent to --no-learner)",
-            file=sys.stderr,
-        )
-    print(f"lifelong: serving on http://{settings.host}:{settings.port}", flush=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    config = settings.learner
+    if config.device == "auto" and settings.device != "auto":
+        config = replace(config, device=settings.device)
+    if args.max_steps is not None:
+        config = replace(config, max_steps=args.max_steps)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    model_dir = resolve_model_dir(settings.base_model, settings.data_dir)
+    learner = Learner(engine, config, settings.data_dir, model_dir, settings.base_model)
+    print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
+    learner.run(stop)
     return 0
 
 
@@ -87,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--no-learner", action="store_true", help="run the API alone")
     serve.add_argument("--demo", action="store_true", help="also feed the demo task stream")
+    serve.add_argument(
+        "--demo-interval", type=float, default=10.0, help="seconds between demo batches"
+    )
     serve.set_defaults(func=cmd_serve)
+
+    learner = sub.add_parser("learner", help="run a learner worker alone")
+    _add_common(learner)
+    learner.add_argument("--max-steps", type=int, help="stop after this many train steps")
+    learner.set_defaults(func=cmd_learner)
 
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 
 from learner.store.keys import Principal
 from server.auth import Authenticator
+from server.inference import InferenceEngine
 from server.settings import Settings
 
 
@@ -22,6 +23,7 @@ class AppState:
     settings: Settings
     engine: Engine
     authenticator: Authenticator
+    inference: InferenceEngine | None = None
 
 
 def get_state(request: Request) -> AppState:

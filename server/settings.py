@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learner.config import LearnerConfig
 from learner.store.ingest import IngestLimits
 
 
@@ -48,7 +49,11 @@ class Settings(BaseSettings):
     # How long a verified key is trusted before the database is asked again (revocations
     # made with `lifelong keys revoke` take effect within this delay).
     auth_cache_seconds: float = Field(default=2.0, ge=0)
+    # Start loading the base model for serving at start-up rather than at the first
+    # completion request (`lifelong serve` turns this on).
+    preload_model: bool = False
     limits: LimitSettings = LimitSettings()
+    learner: LearnerConfig = LearnerConfig()
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file inside the data directory."""

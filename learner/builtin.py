@@ -1,0 +1,504 @@
+"""The embedded default base model ``builtin:<preset>``, trained from scratch on first use.
+
+No model can be downloaded at run time, so the default base is a small Llama-architecture
+model with a character-level tokenizer (every printable ASCII character plus ``\\n`` and
+``\\t`` is one token). On first use it is trained on the foundation curriculum of
+:mod:`learner.tasks` and saved as an ordinary Hugging Face directory, so everything
+downstream (peft, ``AutoModelForCausalLM``, vLLM) treats it like any other model::
+
+    <data_dir>/models/builtin-tiny/
+        checkpoints/step-N/   intermediate checkpoints: the default difficulty ensemble
+        final/                config.json, model.safetensors, tokenizer.json, provenance.json
+        COMPLETE.json         completion marker, written last
+
+Every directory is written atomically (temporary directory, fsync, rename) and the whole
+bootstrap runs under a file lock, so a server and a learner starting together train once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, processors
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+from transformers.utils import logging as hf_logging
+
+from learner import tasks
+
+PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3
+CHARSET = "".join(chr(c) for c in range(32, 127)) + "\n\t"
+MIN_CONTEXT = 256  # tokens (= characters for the builtin tokenizer)
+BUILTIN_PREFIX = "builtin:"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class BuiltinConfig:
+    """Architecture and bootstrap-training settings of a builtin model (validated on creation).
+
+    Use a preset: ``BuiltinConfig.preset("tiny")`` (the service default) or ``"micro"``
+    (tests); ``dataclasses.replace`` derives variants, which must get a new ``name``.
+    """
+
+    name: str = "tiny"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+    steps: int = 800
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    num_checkpoints: int = 3
+    seed: int = 0
+    num_threads: int = 0  # 0: every core this process may use
+    eval_examples: int = 50  # per family, greedy exact match after training (0: skip)
+    mix: tuple[tuple[str, int, float], ...] = tasks.FOUNDATION_MIX
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"name must match {_NAME_RE.pattern}, got {self.name!r}")
+        positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "steps")
+        for field in (*positive, "batch_size", "learning_rate"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
+        for field in ("warmup_steps", "weight_decay", "grad_clip", "num_threads"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.max_position_embeddings < MIN_CONTEXT:
+            raise ValueError(f"max_position_embeddings must be >= {MIN_CONTEXT}")
+        if not 0 <= self.num_checkpoints < self.steps:
+            raise ValueError("num_checkpoints must be in [0, steps)")
+        if self.eval_examples < 0:
+            raise ValueError("eval_examples must be >= 0")
+        for family, level, _ in self.mix:
+            tasks.check_level(tasks.get_family(family), level)
+
+    @classmethod
+    def preset(cls, name: str) -> BuiltinConfig:
+        """The named preset (``tiny`` or ``micro``)."""
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown builtin preset {name!r}; known: {sorted(PRESETS)}") from None
+
+    def fingerprint(self) -> str:
+        """Short hash of every setting: a cached model is reused only for the same one."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return sha256(blob).hexdigest()[:16]
+
+
+PRESETS: dict[str, BuiltinConfig] = {
+    "tiny": BuiltinConfig(),
+    "micro": BuiltinConfig(
+        name="micro",
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        steps=40,
+        batch_size=16,
+        learning_rate=1e-2,
+        warmup_steps=5,
+        eval_examples=4,
+    ),
+}
+
+
+# --- tokenizer and model ------------------------------------------------------------------
+
+
+def build_tokenizer(model_max_length: int = MIN_CONTEXT) -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: a BPE model with no merges, so every character is a token."""
+    vocab = {tok: i for i, tok in enumerate((*SPECIAL_TOKENS, *CHARSET))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.decoder = decoders.Fuse()  # join characters back without separators
+    # BOS in front of every text, like Llama: training and serving tokenize the same way.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,  # " ." must stay " ."
+    )
+
+
+def build_model(config: BuiltinConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+    """A freshly initialised Llama model sized by ``config`` (seed torch first)."""
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=True,  # halves the (small) embedding cost; common for tiny LMs
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(llama)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    )
+    return model
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerFast, examples: Sequence[dict[str, Any]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` [B, T] of BOS+prompt+target+EOS and ``labels`` [B, T].
+
+    Labels are -100 on BOS, the prompt and padding: the loss is on the answer and EOS only.
+    """
+    prompts = tokenizer([ex["prompt"] for ex in examples])["input_ids"]
+    full = tokenizer([tasks.training_text(ex) for ex in examples])["input_ids"]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    width = max(len(ids) for ids in full) + 1  # +1 for EOS
+    input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    for i, (p, ids) in enumerate(zip(prompts, full, strict=True)):
+        ids = [*ids, eos]
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, len(p) : len(ids)] = input_ids[i, len(p) : len(ids)]
+    return input_ids, labels
+
+
+@torch.no_grad()
+def greedy_complete(
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, batch: int = 64
+) -> list[str]:
+    """Greedy completions of raw prompts (what ``/v1/completions`` at temperature 0 returns)."""
+    model.eval()
+    out: list[str] = []
+    for i in range(0, len(prompts), batch):
+        # Left padding so every row's next token is generated at the same position.
+        enc = tokenizer(list(prompts[i : i + batch]), return_tensors="pt", padding=True,
+                        padding_side="left")  # fmt: skip
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        new = gen[:, enc["input_ids"].shape[1] :]  # [b, <= max_new_tokens]
+        out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return out
+
+
+def evaluate_families(
+    model_dir: Path | str,
+    families: Sequence[tuple[str, int]] | None = None,
+    n: int = 50,
+    seed: int = 10_000,
+) -> dict[str, float]:
+    """Greedy accuracy per ``family-lN`` on fresh examples (default: level 1 of every family)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return _evaluate(model, tokenizer, families, n, seed)
+
+
+def _evaluate(
+    model: Any, tokenizer: Any, families: Sequence[tuple[str, int]] | None, n: int, seed: int
+) -> dict[str, float]:
+    families = families or [(name, 1) for name in tasks.FAMILIES]
+    scores = {}
+    for name, level in families:
+        fam = tasks.get_family(name)
+        examples = tasks.make_examples(fam, n, level, seed)
+        longest = max(len(ex["target"]) for ex in examples)
+        preds = greedy_complete(model, tokenizer, [ex["prompt"] for ex in examples], longest + 2)
+        hits = sum(fam.grade(p, ex["target"]) for p, ex in zip(preds, examples, strict=True))
+        scores[tasks.bucket_name(name, level)] = hits / n
+    return scores
+
+
+# --- atomic writes ------------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_dir_atomically(dest: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling of ``dest`` with ``write(tmp)``, fsync it, rename it to ``dest``.
+
+    A reader sees either no ``dest`` or a complete one; a stale ``dest`` is replaced.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write(tmp)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                _fsync_path(path)
+        _fsync_path(tmp)
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.rename(tmp, dest)
+        _fsync_path(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _save(dest: Path, model: Any, tokenizer: Any, provenance: dict[str, Any]) -> None:
+    def write(tmp: Path) -> None:
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside ours
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        tokenizer.save_pretrained(tmp)
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
+
+    write_dir_atomically(dest, write)
+
+
+# --- bootstrap training -------------------------------------------------------------------
+
+
+def _lr_at(step: int, config: BuiltinConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak (step counts from 1)."""
+    if step <= config.warmup_steps:
+        return config.learning_rate * step / config.warmup_steps
+    frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(config: BuiltinConfig, root: Path, progress: bool) -> None:
+    """nanoGPT-style loop: sample a batch from the curriculum, one AdamW step, repeat."""
+    started = time.monotonic()
+    torch.manual_seed(config.seed)
+    tokenizer = build_tokenizer(config.max_position_embeddings)
+    model = build_model(config, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    # No weight decay on norms (1-d weights); the tied embedding matrix is decayed.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, 0.98))
+    stream = tasks.foundation_curriculum(config.seed, config.mix)
+    n_ck = config.num_checkpoints
+    ck_steps = {round(config.steps * k / (n_ck + 1)) for k in range(1, n_ck + 1)}
+    losses: list[float] = []
+
+    def provenance(step: int, **extra: Any) -> dict[str, Any]:
+        window = losses[-20:]
+        return {
+            "model": f"{BUILTIN_PREFIX}{config.name}",
+            "config": asdict(config),
+            "fingerprint": config.fingerprint(),
+            "seed": config.seed,
+            "step": step,
+            "steps": config.steps,
+            "examples_seen": step * config.batch_size,
+            "parameters": n_params,
+            "loss": {
+                "initial": sum(losses[:5]) / len(losses[:5]),
+                "final": sum(window) / len(window),  # mean of the last 20 steps
+                "every_10_steps": losses[::10],
+            },
+            "wall_seconds": round(time.monotonic() - started, 2),
+            "versions": {
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "tokenizers": tokenizers.__version__,
+            },
+            **extra,
+        }
+
+    model.train()
+    bar = tqdm(total=config.steps, desc=f"bootstrap {BUILTIN_PREFIX}{config.name}",
+               unit="step", disable=not progress)  # fmt: skip
+    for step in range(1, config.steps + 1):
+        batch = [next(stream) for _ in range(config.batch_size)]
+        input_ids, labels = encode_examples(tokenizer, batch)  # [B, T] each
+        # No attention mask: padding is on the right, so causal attention never lets a real
+        # token see it, and padded positions carry label -100. This keeps SDPA's fast path.
+        loss = model(input_ids=input_ids, labels=labels).loss  # mean CE over answer tokens
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, config)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 4))
+        bar.update()
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        if step in ck_steps:
+            _save(root / "checkpoints" / f"step-{step}", model, tokenizer, provenance(step))
+    bar.close()
+    evaluation = {}
+    if config.eval_examples:
+        evaluation = _evaluate(model, tokenizer, None, config.eval_examples, 10_000 + config.seed)
+    extra = {"eval_greedy_accuracy": evaluation, "checkpoints": sorted(ck_steps)}
+    _save(root / "final", model, tokenizer, provenance(config.steps, **extra))
+
+
+def builtin_root(data_dir: Path | str, name: str) -> Path:
+    """Where ``builtin:<name>`` lives under a data directory."""
+    return Path(data_dir) / "models" / f"builtin-{name}"
+
+
+def _cached(root: Path, config: BuiltinConfig) -> Path | None:
+    marker = root / "COMPLETE.json"
+    if not marker.is_file() or not (root / "final" / "config.json").is_file():
+        return None
+    found = json.loads(marker.read_text()).get("fingerprint")
+    if found != config.fingerprint():
+        # Adapters were trained on the cached weights: keep them rather than retrain.
+        warnings.warn(
+            f"{root} was built with other settings (fingerprint {found}); using it anyway. "
+            "Delete the directory to rebuild it.",
+            stacklevel=3,
+        )
+    return root / "final"
+
+
+def ensure_builtin_model(
+    data_dir: Path | str, config: BuiltinConfig | None = None, progress: bool = True
+) -> Path:
+    """Path of the trained builtin model's ``final`` directory, training it on first use."""
+    config = config or BuiltinConfig.preset("tiny")
+    root = builtin_root(data_dir, config.name)
+    if (path := _cached(root, config)) is not None:
+        return path
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".builtin-{config.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be bootstrapping right now
+        if (path := _cached(root, config)) is not None:
+            return path
+        shutil.rmtree(root, ignore_errors=True)  # leftovers of an interrupted bootstrap
+        root.mkdir()
+        with _torch_threads(config.num_threads):
+            _train(config, root, progress)
+        _write_json_atomically(
+            root / "COMPLETE.json", {"fingerprint": config.fingerprint(), "config": asdict(config)}
+        )
+    return root / "final"
+
+
+def builtin_checkpoints(model_dir: Path | str) -> list[Path]:
+    """The bootstrap checkpoints beside a builtin ``final`` directory, earliest first."""
+    ck = Path(model_dir).parent / "checkpoints"
+    found = [p for p in ck.glob("step-*") if (p / "config.json").is_file()] if ck.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
+def resolve_base_model(spec: str, data_dir: Path | str, progress: bool = True) -> Path:
+    """``builtin:<preset>`` -> its trained directory; otherwise an existing local HF directory."""
+    if spec.startswith(BUILTIN_PREFIX):
+        config = BuiltinConfig.preset(spec.removeprefix(BUILTIN_PREFIX))
+        return ensure_builtin_model(data_dir, config, progress)
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"base model {spec!r} is neither {BUILTIN_PREFIX}<preset> (one of "
+            f"{sorted(PRESETS)}) nor a local Hugging Face model directory with a config.json "
+            "(models are never downloaded)"
+        )
+    return path.resolve()
+
+
+def max_context_chars(model_dir: Path | str) -> int:
+    """How many prompt+answer characters fit in the model's context (BOS and EOS reserved).
+
+    Exact for the builtin character-level tokenizer. For subword tokenizers it is the token
+    budget, a conservative bound for ASCII text (every such token covers >= 1 character).
+    """
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    keys = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+    limits = [int(config[k]) for k in keys if isinstance(config.get(k), int)][:1]
+    tok_config = model_dir / "tokenizer_config.json"
+    if tok_config.is_file():
+        tok_max = json.loads(tok_config.read_text()).get("model_max_length")
+        if isinstance(tok_max, int) and tok_max < 10**9:  # HF uses 1e30 for "unset"
+            limits.append(tok_max)
+    if not limits:
+        raise ValueError(f"{model_dir}: config.json states no context length")
+    return min(limits) - 2
+
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "CHARSET",
+    "PRESETS",
+    "BuiltinConfig",
+    "build_model",
+    "build_tokenizer",
+    "builtin_checkpoints",
+    "encode_examples",
+    "ensure_builtin_model",
+    "evaluate_families",
+    "greedy_complete",
+    "max_context_chars",
+    "resolve_base_model",
+    "write_dir_atomically",
+]

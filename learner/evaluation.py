@@ -1,0 +1,119 @@
+"""Probe evaluation: greedy answers to a bucket's probe examples, judged by its grader.
+
+Results are stored as rows of the accuracy matrix (``evaluations``: version x bucket) and
+reused while the bucket's probe set is unchanged, so the reference (active or base) model
+is evaluated once per probe set, not at every candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from sqlalchemy import Connection, insert, select
+from transformers import PreTrainedTokenizerBase
+
+from learner.graders import get_grader
+from learner.modeling import GenerationParams, generate
+from learner.store.models import Bucket, Evaluation, Example
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """A bucket's probe examples (at most ``limit``, the oldest first: a stable set)."""
+
+    bucket_id: int
+    bucket: str
+    grader: str
+    examples: tuple[tuple[str, str], ...]
+
+
+def load_probe_sets(conn: Connection, bucket_ids: Sequence[int], limit: int) -> list[ProbeSet]:
+    sets = []
+    for bucket in conn.execute(select(Bucket.__table__).where(Bucket.id.in_(bucket_ids))):
+        rows = conn.execute(
+            select(Example.prompt, Example.target)
+            .where(Example.bucket_id == bucket.id, Example.split == "probe")
+            .order_by(Example.id)
+            .limit(limit)
+        ).all()
+        if rows:
+            examples = tuple((r.prompt, r.target) for r in rows)
+            sets.append(ProbeSet(bucket.id, bucket.name, bucket.grader, examples))
+    return sets
+
+
+def probe_accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: ProbeSet,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> float:
+    """Share of probes whose greedy completion the bucket's grader accepts."""
+    grade = get_grader(probes.grader)
+    longest = max(
+        len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in probes.examples
+    )
+    params = GenerationParams(max_new_tokens=min(max_new_tokens, longest + 2))
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for start in range(0, len(probes.examples), batch_size):
+        chunk = probes.examples[start : start + batch_size]
+        answers = generate(model, tokenizer, [p for p, _ in chunk], params)
+        hits += sum(
+            grade(text, target) for (text, _), (_, target) in zip(answers, chunk, strict=True)
+        )
+    model.train(was_training)
+    return hits / len(probes.examples)
+
+
+def stored_score(conn: Connection, version: int | None, probes: ProbeSet) -> float | None:
+    """A stored score of ``version`` (None: base) on exactly this many probes, if any."""
+    version_clause = (
+        Evaluation.adapter_version.is_(None)
+        if version is None
+        else Evaluation.adapter_version == version
+    )
+    row = conn.execute(
+        select(Evaluation.score)
+        .where(version_clause, Evaluation.bucket_id == probes.bucket_id)
+        .where(Evaluation.n == len(probes.examples))
+        .order_by(Evaluation.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else float(row.score)
+
+
+def store_score(
+    conn: Connection, version: int | None, probes: ProbeSet, score: float, step: int
+) -> None:
+    conn.execute(
+        insert(Evaluation).values(
+            adapter_version=version,
+            bucket_id=probes.bucket_id,
+            score=score,
+            n=len(probes.examples),
+            at_step=step,
+        )
+    )
+
+
+def scores_for(
+    conn: Connection,
+    version: int | None,
+    probe_sets: Sequence[ProbeSet],
+    evaluate: Callable[[ProbeSet], float],
+    step: int,
+) -> dict[str, float]:
+    """Scores of ``version`` on each probe set, evaluating (and storing) only missing ones."""
+    scores = {}
+    for probes in probe_sets:
+        score = stored_score(conn, version, probes)
+        if score is None:
+            score = evaluate(probes)
+            store_score(conn, version, probes, score, step)
+        scores[probes.bucket] = score
+    return scores

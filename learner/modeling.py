@@ -1,0 +1,176 @@
+"""Model loading, example encoding, per-example loss and generation.
+
+Any Hugging Face causal LM directory works; ``builtin:<preset>`` is trained locally on first
+use. An example is trained as ``prompt + target + EOS`` with the loss on the target tokens
+only, so generating from the raw prompt is exactly how an answer is produced at serve time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (the server and learner may both want the model)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def resolve_model_dir(spec: str, data_dir: Path) -> Path:
+    """The local directory of the base model, bootstrapping ``builtin:*`` under a lock."""
+    from learner.builtin import resolve_base_model
+
+    with file_lock(data_dir / "models" / ".bootstrap.lock"):
+        return resolve_base_model(spec, data_dir)
+
+
+def load_base(
+    model_dir: Path, device: torch.device
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device)
+    return model, tokenizer
+
+
+@dataclass
+class EncodedBatch:
+    """Right-padded token ids, attention mask and labels (prompt positions ignored)."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), IGNORE_INDEX outside the target
+
+    def to(self, device: torch.device) -> EncodedBatch:
+        return EncodedBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+        )
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return ([bos] if bos is not None else []) + list(ids)
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    max_length: int,
+) -> EncodedBatch:
+    """Encode (prompt, target) pairs; over-long ones are cut from the left of the prompt."""
+    rows: list[tuple[list[int], list[int]]] = []
+    for prompt, target in examples:
+        p = prompt_ids(tokenizer, prompt)
+        t = list(tokenizer(target, add_special_tokens=False)["input_ids"])
+        t.append(tokenizer.eos_token_id)
+        keep = max(max_length - len(t), 1)
+        rows.append((p[-keep:], t[: max_length - 1]))
+    width = max(len(p) + len(t) for p, t in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        seq = p + t
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(p) : len(seq)] = torch.tensor(t)
+    return EncodedBatch(ids, mask, labels)
+
+
+def per_example_loss(model: torch.nn.Module, batch: EncodedBatch) -> torch.Tensor:
+    """Mean token cross-entropy of each example's target, shape (B,)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    # Position t predicts token t+1: drop the last logit and the first label.
+    shift_logits = logits[:, :-1, :].float()  # (B, T-1, V)
+    shift_labels = batch.labels[:, 1:]  # (B, T-1)
+    token_loss = F.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # (B, T-1)
+    n_tokens = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
+    return token_loss.sum(dim=1) / n_tokens
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings of one completion request."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    params: GenerationParams,
+) -> list[tuple[str, str]]:
+    """Complete each prompt; returns (text, finish_reason) with finish 'stop' or 'length'.
+
+    Left padding lets the whole batch decode together; the text stops at EOS or at the
+    first stop string.
+    """
+    device = next(model.parameters()).device
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e) :] = torch.tensor(e)
+        mask[i, width - len(e) :] = 1
+    sampling = params.temperature > 0
+    generator_kwargs: dict[str, object] = {"do_sample": sampling}
+    if sampling:
+        generator_kwargs.update(temperature=params.temperature, top_p=params.top_p)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=params.max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        **generator_kwargs,
+    )
+    results = []
+    for row in out[:, width:].tolist():
+        hit_eos = tokenizer.eos_token_id in row
+        if hit_eos:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        finish = "stop" if hit_eos else "length"
+        for stop in params.stop:
+            if stop and stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        results.append((text, finish))
+    return results

@@ -1,0 +1,332 @@
+"""The learner worker: lease, poll, train a LoRA adapter, evaluate, version, promote.
+
+One round of the loop (``Learner.tick``)::
+
+    heartbeat the lease -> apply control commands -> poll new examples -> pick a bucket
+    -> sample a batch -> one LoRA step -> every `checkpoint_every` steps a checkpoint
+    -> every `candidate_every` steps a candidate version, evaluated on the probes of the
+       buckets trained since the active version, promoted if it raises their mean accuracy
+
+The database is the only channel to the server. A killed worker restarts from its newest
+checkpoint (step counter, optimizer, sampling RNG and the adapter weights all restored).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from sqlalchemy import Engine
+
+from learner import control, lease, registry
+from learner.checkpoint import CheckpointDir
+from learner.config import LearnerConfig
+from learner.evaluation import ProbeSet, load_probe_sets, probe_accuracy, scores_for
+from learner.fsutil import write_dir_atomically
+from learner.modeling import encode_examples, load_base, per_example_loss, pick_device
+from learner.pool import ExamplePool, TrainExample
+from learner.store.db import write_transaction
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(RuntimeError):
+    """Another learner took the training lease over; this one must stop."""
+
+
+@dataclass
+class LoopState:
+    """Everything besides weights and optimizer that a resumed learner needs."""
+
+    step: int = 0
+    examples_seen: int = 0
+    tokens_seen: int = 0
+    last_version: int | None = None
+    trained_since_promotion: list[int] = field(default_factory=list)
+    seen_per_bucket: dict[str, int] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+    last_loss: float | None = None
+
+
+def lora_config(config: LearnerConfig) -> LoraConfig:
+    lora = config.lora
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        task_type="CAUSAL_LM",
+    )
+
+
+class Learner:
+    """A learner worker bound to one database and one data directory."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: LearnerConfig,
+        data_dir: Path,
+        model_dir: Path,
+        base_model: str,
+        holder: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.data_dir = data_dir
+        self.model_dir = model_dir
+        self.base_model = base_model
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.device = pick_device(config.device)
+        self.checkpoints = CheckpointDir(data_dir / "learner" / "checkpoints")
+        self.pool = ExamplePool()
+        self.state = LoopState()
+        self.rng = np.random.default_rng(config.seed)
+        self.paused = False
+        self._last_heartbeat = 0.0
+        self._tokens_per_second = 0.0
+
+    # --- setup -------------------------------------------------------------------------
+
+    def wait_for_lease(self, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            if lease.try_acquire(self.engine, self.holder, self.config.lease_seconds):
+                self._last_heartbeat = time.monotonic()
+                return True
+            log.info("training lease is held by another learner; waiting")
+            stop.wait(min(self.config.lease_seconds / 3, 2.0))
+        return False
+
+    def setup(self) -> None:
+        torch.manual_seed(self.config.seed)
+        base, self.tokenizer = load_base(self.model_dir, self.device)
+        self.model: PeftModel = get_peft_model(base, lora_config(self.config))
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+        restored = self.checkpoints.restore(self.model, self.optimizer, self.device)
+        if restored is not None:
+            self.state = LoopState(**restored)
+            self.rng.bit_generator.state = self.state.rng
+            log.info("resumed from checkpoint at step %d", self.state.step)
+        self.model.train()
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Train until ``stop`` is set or ``max_steps`` is reached."""
+        stop = stop or threading.Event()
+        if not self.wait_for_lease(stop):
+            return
+        self.setup()
+        try:
+            while not stop.is_set():
+                if self.config.max_steps is not None and self.state.step >= self.config.max_steps:
+                    break
+                if not self.tick():
+                    stop.wait(self.config.poll_seconds)
+        finally:
+            if self.state.step > 0:
+                self.save_checkpoint()
+            lease.release(self.engine, self.holder)
+
+    def tick(self) -> bool:
+        """One round; returns False when there was nothing to do (the caller waits)."""
+        self.keep_lease()
+        with write_transaction(self.engine) as conn:
+            control.acknowledge_pending(conn, "applied")
+            self.paused = control.is_paused(conn)
+            self.pool.poll(conn)
+        buckets = self.pool.trainable_buckets()
+        if self.paused or not buckets:
+            return False
+        bucket_id = int(self.rng.choice(buckets))
+        batch = self.pool.sample(self.rng, bucket_id, self.config.batch_size)
+        self.train_step(bucket_id, batch)
+        if self.state.step % self.config.candidate_every == 0:
+            self.make_candidate()
+            self.save_checkpoint()
+        elif self.state.step % self.config.checkpoint_every == 0:
+            self.save_checkpoint()
+        return True
+
+    def keep_lease(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.config.lease_seconds / 3:
+            return
+        if not lease.heartbeat(self.engine, self.holder, self.status()):
+            raise LeaseLost(f"{self.holder} lost the training lease")
+        self._last_heartbeat = now
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/learner`` shows (stored in the lease row)."""
+        return {
+            "step": self.state.step,
+            "paused": self.paused,
+            "examples_seen": self.state.examples_seen,
+            "tokens_seen": self.state.tokens_seen,
+            "last_loss": self.state.last_loss,
+            "last_version": self.state.last_version,
+            "tokens_per_second": round(self._tokens_per_second, 1),
+            "buckets": len(self.pool.trainable_buckets()),
+            "train_examples": len(self.pool),
+            "base_model": self.base_model,
+            "device": str(self.device),
+        }
+
+    def train_step(self, bucket_id: int, batch: list[TrainExample]) -> float:
+        started = time.perf_counter()
+        encoded = encode_examples(
+            self.tokenizer, [(e.prompt, e.target) for e in batch], self.config.max_length
+        ).to(self.device)
+        losses = per_example_loss(self.model, encoded)  # (B,)
+        loss = losses.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+
+        tokens = int(encoded.attention_mask.sum())
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        self._tokens_per_second = 0.9 * self._tokens_per_second + 0.1 * tokens / elapsed
+        st = self.state
+        st.step += 1
+        st.examples_seen += len(batch)
+        st.tokens_seen += tokens
+        st.last_loss = float(loss.detach())
+        name = self.pool.bucket_names.get(bucket_id, str(bucket_id))
+        st.seen_per_bucket[name] = st.seen_per_bucket.get(name, 0) + len(batch)
+        if bucket_id not in st.trained_since_promotion:
+            st.trained_since_promotion.append(bucket_id)
+        return st.last_loss
+
+    def save_checkpoint(self) -> None:
+        self.state.rng = self.rng.bit_generator.state
+        self.checkpoints.save(self.model, self.optimizer, self.state.__dict__)
+
+    # --- versions ----------------------------------------------------------------------
+
+    def provenance(self, version: int) -> dict[str, Any]:
+        return {
+            "version": version,
+            "base_model": self.base_model,
+            "base_model_dir": str(self.model_dir),
+            "parent_version": self.state.last_version,
+            "train_step": self.state.step,
+            "examples_seen": self.state.examples_seen,
+            "tokens_seen": self.state.tokens_seen,
+            "data_seen": dict(self.state.seen_per_bucket),
+            "lora": lora_config(self.config).to_dict(),
+            "learner": self.config.to_dict(),
+        }
+
+    def save_version(self) -> tuple[int, Path]:
+        """Write the current adapter as a new version directory and row."""
+        with write_transaction(self.engine) as conn:
+            version = registry.next_version(conn)
+            provenance = self.provenance(version)
+            path = self.data_dir / "adapters" / f"v{version:05d}"
+
+            def fill(tmp: Path) -> None:
+                self.model.save_pretrained(tmp)
+                registry.write_provenance(tmp, provenance)
+
+            write_dir_atomically(path, fill)
+            registry.record_version(conn, version, path, provenance, {})
+        self.state.last_version = version
+        return version, path
+
+    def _evaluate_current(self, probes: ProbeSet) -> float:
+        return probe_accuracy(self.model, self.tokenizer, probes, self.config.max_new_tokens)
+
+    def _evaluate_base(self, probes: ProbeSet) -> float:
+        with self.model.disable_adapter():
+            return self._evaluate_current(probes)
+
+    def _evaluate_stored(self, path: Path) -> Callable[[ProbeSet], float]:
+        """Evaluate a saved version by loading it beside the trained adapter for a moment."""
+
+        def run(probes: ProbeSet) -> float:
+            self.model.load_adapter(str(path), adapter_name="reference")
+            self.model.set_adapter("reference")
+            try:
+                return self._evaluate_current(probes)
+            finally:
+                self.model.set_adapter("default")
+                self.model.delete_adapter("reference")
+
+        return run
+
+    def make_candidate(self) -> dict[str, Any]:
+        """Save, evaluate and (if it helps the trained buckets) promote a candidate."""
+        version, _ = self.save_version()
+        step = self.state.step
+        with write_transaction(self.engine) as conn:
+            probe_sets = load_probe_sets(
+                conn, self.state.trained_since_promotion, self.config.eval_max_probes
+            )
+            active = registry.active_version(conn)
+            candidate = scores_for(conn, version, probe_sets, self._evaluate_current, step)
+            if active is None:
+                reference = scores_for(conn, None, probe_sets, self._evaluate_base, step)
+            else:
+                row = registry.get_version(conn, active)
+                assert row is not None, f"active version {active} has no row"
+                evaluate = self._evaluate_stored(Path(row.path))
+                reference = scores_for(conn, active, probe_sets, evaluate, step)
+            report = promotion_report(candidate, reference, active, self.config.min_gain)
+            if report["promote"]:
+                registry.promote(conn, version, "learner", report["reason"])
+                self.state.trained_since_promotion = []
+            status = "promoted" if report["promote"] else "candidate"
+            registry.set_status(conn, version, status, report)
+        log.info("candidate v%d at step %d: %s", version, step, report["reason"])
+        return report
+
+
+def promotion_report(
+    candidate: dict[str, float],
+    reference: dict[str, float],
+    reference_version: int | None,
+    min_gain: float,
+) -> dict[str, Any]:
+    """Promote when the candidate's mean probe accuracy beats the reference's by min_gain."""
+    ref_name = "base" if reference_version is None else f"v{reference_version}"
+    report: dict[str, Any] = {
+        "candidate": candidate,
+        "reference": reference,
+        "reference_version": reference_version,
+        "min_gain": min_gain,
+    }
+    if not candidate:
+        report.update(promote=False, reason="no probes in the trained buckets yet")
+        return report
+    cand_mean = float(np.mean(list(candidate.values())))
+    ref_mean = float(np.mean([reference[b] for b in candidate]))
+    gain = cand_mean - ref_mean
+    promote = gain > min_gain
+    verdict = "promoted" if promote else "kept as candidate"
+    report.update(
+        candidate_mean=cand_mean,
+        reference_mean=ref_mean,
+        gain=gain,
+        promote=promote,
+        reason=(
+            f"{verdict}: mean probe accuracy {cand_mean:.3f} vs {ref_name} {ref_mean:.3f} "
+            f"on {len(candidate)} trained bucket(s) (gain {gain:+.3f}, needs > {min_gain})"
+        ),
+    )
+    return report

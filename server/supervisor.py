@@ -1,0 +1,125 @@
+"""Process supervision for ``lifelong serve``: the learner runs as a child process and is
+restarted whenever it exits while the service is up; the demo feeder submits the synthetic
+demo stream as a client would."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+
+from learner.store.db import write_transaction
+from learner.store.ingest import NewExample, ingest_batch
+from learner.tasks import demo_stream
+
+log = logging.getLogger(__name__)
+
+
+class LearnerSupervisor:
+    """Keeps one learner process alive; restarts it with a growing back-off if it dies."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.argv = list(argv)
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="learner-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+        log.info("learner started (pid %d)", self.proc.pid)
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            assert self.proc is not None
+            started = time.monotonic()
+            code = self.proc.wait()
+            if self._stop.is_set():
+                return
+            # A learner that ran for a while gets restarted at once; one that keeps dying
+            # right after start is restarted ever more slowly (at most every 30 s).
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            print(
+                f"lifelong: learner exited with code {code}; restarting in {backoff:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            if self._stop.wait(backoff):
+                return
+            self.restarts += 1
+            self._spawn()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def learner_argv(data_dir: str, database_url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "learner",
+        "--data-dir",
+        data_dir,
+        "--database-url",
+        database_url,
+    ]
+
+
+class DemoFeeder:
+    """Submits one batch of the synthetic demo stream every ``interval`` seconds."""
+
+    def __init__(self, engine: Engine, interval: float = 10.0, seed: int = 0) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.stream = demo_stream(seed=seed)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-feeder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = next(self.stream)
+            examples = [NewExample(e["prompt"], e["target"]) for e in batch.examples]
+            with write_transaction(self.engine) as conn:
+                ingest_batch(
+                    conn,
+                    batch.bucket,
+                    examples,
+                    kind=batch.family.kind,
+                    grader=batch.family.grader,
+                    client="demo",
+                )
+            self._stop.wait(self.interval)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env

@@ -1,0 +1,180 @@
+"""The builtin model: a plain Hugging Face directory, trained once, cached, atomically written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from learner import builtin, tasks
+from learner.builtin import BuiltinConfig
+
+MICRO = BuiltinConfig.preset("micro")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def micro(data_dir: Path) -> Path:
+    return builtin.ensure_builtin_model(data_dir, MICRO, progress=False)
+
+
+def test_loads_with_plain_auto_classes(micro: Path) -> None:
+    assert micro == data_dir_of(micro) / "models" / "builtin-micro" / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (micro / name).is_file()
+    model = AutoModelForCausalLM.from_pretrained(micro)
+    tok = AutoTokenizer.from_pretrained(micro)
+    assert model.config.model_type == "llama"
+    assert model.config.max_position_embeddings >= 256
+    assert model.config.vocab_size == len(tok)
+    enc = tok(["reverse abc =", "copy x ="], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**enc).logits
+    assert logits.shape == (2, enc["input_ids"].shape[1], len(tok))
+    out = builtin.greedy_complete(model, tok, ["reverse abc =", "add 1 + 2 ="], max_new_tokens=5)
+    assert len(out) == 2 and all(isinstance(s, str) and len(s) <= 5 for s in out)
+
+
+def data_dir_of(final: Path) -> Path:
+    return final.parents[2]
+
+
+def test_tokenizer_round_trips_every_character(micro: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(micro)
+    special = set(tok.all_special_ids)
+    named = {tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token}
+    assert named <= set(tok.all_special_tokens)
+    chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    for ch in chars:
+        ids = tok(ch, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] not in special, repr(ch)
+        assert tok.decode(ids) == ch
+    text = "".join(chars) + "  don't , . ?"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == len(text) + 1
+    assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_checkpoints_exist_and_are_ordered(micro: Path) -> None:
+    checkpoints = builtin.builtin_checkpoints(micro)
+    assert len(checkpoints) == MICRO.num_checkpoints == 3
+    steps = [int(p.name.removeprefix("step-")) for p in checkpoints]
+    assert steps == sorted(steps) and steps[-1] < MICRO.steps
+    for path in checkpoints:
+        assert (path / "model.safetensors").is_file()
+        assert json.loads((path / "provenance.json").read_text())["step"] == int(path.name[5:])
+        AutoModelForCausalLM.from_pretrained(path)
+    leftovers = [p for p in micro.parents[0].rglob(".*tmp*")]
+    assert not leftovers
+
+
+def test_provenance_records_training_and_loss_went_down(micro: Path) -> None:
+    prov = json.loads((micro / "provenance.json").read_text())
+    assert prov["model"] == "builtin:micro"
+    assert prov["seed"] == MICRO.seed and prov["steps"] == prov["step"] == MICRO.steps
+    assert prov["config"] == dataclasses.asdict(MICRO) | {"mix": prov["config"]["mix"]}
+    assert prov["fingerprint"] == MICRO.fingerprint()
+    assert prov["parameters"] > 0
+    assert prov["loss"]["final"] < prov["loss"]["initial"] - 0.5
+    assert set(prov["eval_greedy_accuracy"]) == {f"{f}-l1" for f in tasks.FAMILIES}
+
+
+def test_second_call_is_cached_and_fast(micro: Path) -> None:
+    weights = micro / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    start = time.perf_counter()
+    again = builtin.ensure_builtin_model(data_dir_of(micro), MICRO, progress=False)
+    assert time.perf_counter() - start < 0.5
+    assert again == micro and weights.stat().st_mtime_ns == mtime
+    assert builtin.resolve_base_model("builtin:micro", data_dir_of(micro)) == micro
+
+
+def test_resolve_base_model(micro: Path, tmp_path: Path) -> None:
+    assert builtin.resolve_base_model(str(micro), tmp_path) == micro.resolve()
+    with pytest.raises(ValueError, match="unknown builtin preset"):
+        builtin.resolve_base_model("builtin:huge", tmp_path)
+    with pytest.raises(ValueError, match=r"config\.json"):
+        builtin.resolve_base_model(str(tmp_path / "missing"), tmp_path)
+    with pytest.raises(ValueError, match=r"config\.json"):
+        builtin.resolve_base_model(str(tmp_path), tmp_path)  # a directory, but no model
+    with pytest.raises(ValueError):
+        builtin.resolve_base_model("meta-llama/Llama-3-8B", tmp_path)  # never downloads
+
+
+def test_max_context_chars(micro: Path) -> None:
+    assert builtin.max_context_chars(micro) == MICRO.max_position_embeddings - 2 >= 254
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"name": "Bad Name"},
+        {"hidden_size": 0},
+        {"num_heads": 3},
+        {"max_position_embeddings": 128},
+        {"steps": 3, "num_checkpoints": 3},
+        {"learning_rate": -1.0},
+        {"mix": (("copy", 9, 1.0),)},
+    ],
+)
+def test_config_is_validated(change: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(MICRO, **change)  # type: ignore[arg-type]
+
+
+def test_presets() -> None:
+    tiny = BuiltinConfig.preset("tiny")
+    assert tiny == BuiltinConfig() and tiny.name == "tiny"
+    assert MICRO.hidden_size < tiny.hidden_size and MICRO.steps < tiny.steps
+    assert tiny.fingerprint() != MICRO.fingerprint()
+
+
+def test_interrupted_bootstrap_is_redone(tmp_path: Path) -> None:
+    config = dataclasses.replace(MICRO, name="redo", steps=8, num_checkpoints=1, eval_examples=0)
+    root = builtin.builtin_root(tmp_path, "redo")
+    (root / "final").mkdir(parents=True)
+    (root / "final" / "junk").write_text("half-written")  # no COMPLETE.json: not trusted
+    final = builtin.ensure_builtin_model(tmp_path, config, progress=False)
+    assert not (final / "junk").exists() and (final / "model.safetensors").is_file()
+    # A changed setting under the same name keeps the cached weights, with a warning.
+    marker = root / "COMPLETE.json"
+    marker.write_text(json.dumps({"fingerprint": "something-else"}))
+    with pytest.warns(UserWarning, match="other settings"):
+        assert builtin.ensure_builtin_model(tmp_path, config, progress=False) == final
+
+
+def test_write_dir_atomically_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+
+    def failing(tmp: Path) -> None:
+        (tmp / "a.txt").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        builtin.write_dir_atomically(dest, failing)
+    assert list(tmp_path.iterdir()) == []
+    builtin.write_dir_atomically(dest, lambda tmp: (tmp / "a.txt").write_text("y"))
+    builtin.write_dir_atomically(dest, lambda tmp: (tmp / "b.txt").write_text("z"))
+    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
+
+
+def test_encode_examples_masks_the_prompt() -> None:
+    tok = builtin.build_tokenizer()
+    examples = [
+        {"prompt": "copy ab =", "target": "ab"},
+        {"prompt": "reverse abcd =", "target": "x"},
+    ]
+    input_ids, labels = builtin.encode_examples(tok, examples)
+    assert input_ids.shape == labels.shape == (2, 1 + len("reverse abcd =x") + 1)
+    row = labels[0][labels[0] != -100].tolist()
+    assert tok.decode(row) == "ab" + tok.eos_token
+    assert input_ids[0, -1].item() == tok.pad_token_id

@@ -1,0 +1,106 @@
+"""In-process API fixtures: the real app (lifespan included) on SQLite and PostgreSQL.
+
+``client`` is a :class:`fastapi.testclient.TestClient` entered as a context manager, so the
+lifespan migrates the database and sets up authentication exactly as in production. Tests
+that need other settings call ``make_client(**settings_overrides)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from learner.store.buckets import count_examples
+from server.app import create_app
+from server.settings import LimitSettings, Settings
+
+KEYS = {"admin": "test-admin-key", "submit": "test-submit-key", "read": "test-read-key"}
+API_KEYS = ",".join(f"{scope}:{key}" for scope, key in KEYS.items())
+# Small limits so that the limit tests send small bodies.
+TEST_LIMITS = LimitSettings(
+    max_examples_per_request=5,
+    max_prompt_chars=20,
+    max_target_chars=10,
+    max_body_bytes=4096,
+)
+
+ClientFactory = Callable[..., TestClient]
+
+
+def auth(scope: str = "submit") -> dict[str, str]:
+    """Authorization header for one of the test keys (``admin``, ``submit``, ``read``)."""
+    return {"Authorization": f"Bearer {KEYS[scope]}"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def error_message(response: httpx.Response) -> str:
+    """The message of an error response, checking the uniform error shape on the way."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    message = body["error"]["message"]
+    assert isinstance(message, str) and message, body
+    return message
+
+
+def stored_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return count_examples(conn)
+
+
+def examples(n: int, start: int = 0, prefix: str = "q") -> list[dict[str, Any]]:
+    """``n`` distinct, valid examples (short enough for TEST_LIMITS)."""
+    return [
+        {"prompt": f"{prefix}{i}+{i}=?", "target": str(2 * i), "id": f"{prefix}-{i}"}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_settings(db_url: str, data_dir: Path) -> Callable[..., Settings]:
+    """Settings on the test database; keyword arguments override the defaults."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": data_dir,
+            "database_url": db_url,
+            "api_keys": API_KEYS,
+            "limits": TEST_LIMITS,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[ClientFactory]:
+    """Start an app (running its lifespan) with overridden settings; all closed at teardown."""
+    with ExitStack() as stack:
+
+        def make(**overrides: Any) -> TestClient:
+            app = create_app(make_settings(**overrides))
+            return stack.enter_context(TestClient(app, raise_server_exceptions=False))
+
+        yield make
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    return make_client()
