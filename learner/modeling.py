@@ -7,9 +7,7 @@ only, so generating from the raw prompt is exactly how an answer is produced at 
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,24 +24,11 @@ def pick_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock (the server and learner may both want the model)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def resolve_model_dir(spec: str, data_dir: Path) -> Path:
-    """The local directory of the base model, bootstrapping ``builtin:*`` under a lock."""
+    """The local directory of the base model, bootstrapping ``builtin:*`` on first use."""
     from learner.builtin import resolve_base_model
 
-    with file_lock(data_dir / "models" / ".bootstrap.lock"):
-        return resolve_base_model(spec, data_dir)
+    return resolve_base_model(spec, data_dir)
 
 
 def load_base(

@@ -113,7 +113,7 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
+                raise _TooLarge(f"request body is larger than {self.max_bytes} bytes")
             return message
 
         try:
@@ -126,5 +126,12 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """A body that outgrows the limit while it is read (no or a false Content-Length).
+
+    An HTTP exception, because FastAPI turns any other error raised while it reads the body
+    into "400 There was an error parsing the body"; this one it passes on to the handler.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)

@@ -119,3 +119,12 @@ def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     url = create_pg_database()
     request.addfinalizer(lambda: drop_pg_database(url))
     return url
+
+
+@pytest.fixture(scope="session")
+def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``builtin:micro`` model, bootstrapped once per test session."""
+    from learner.builtin import BuiltinConfig, ensure_builtin_model
+
+    data_dir = tmp_path_factory.mktemp("builtin")
+    return ensure_builtin_model(data_dir, BuiltinConfig.preset("micro"), progress=False)

@@ -20,7 +20,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from learner.graders import GRADERS
 from learner.store.models import BUCKET_KINDS, Bucket, Example
 
-BUCKET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, which let "name\n" through.
+BUCKET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # One example in ten is held out for probing: the split is a pure function of the hash,
 # so it never changes and every process computes the same answer.
 PROBE_MODULUS = 10

@@ -1,8 +1,12 @@
 """In-process API fixtures: the real app (lifespan included) on SQLite and PostgreSQL.
 
 ``client`` is a :class:`fastapi.testclient.TestClient` entered as a context manager, so the
-lifespan migrates the database and sets up authentication exactly as in production. Tests
-that need other settings call ``make_client(**settings_overrides)``.
+lifespan migrates the database and sets up authentication exactly as in production; it
+uses the small ``TEST_LIMITS`` below. Tests that need other settings call
+``make_client(**settings_overrides)``. ``api`` bundles the small helpers the tests share
+(headers for the test keys, the stored example count, the error message of a response).
+Test modules do not import this file (it is not importable as a package); they use the
+fixtures.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ from server.app import create_app
 from server.settings import LimitSettings, Settings
 
 KEYS = {"admin": "test-admin-key", "submit": "test-submit-key", "read": "test-read-key"}
-API_KEYS = ",".join(f"{scope}:{key}" for scope, key in KEYS.items())
-# Small limits so that the limit tests send small bodies.
+# Small limits so that the limit tests send small bodies (test_tasks_api relies on them).
 TEST_LIMITS = LimitSettings(
     max_examples_per_request=5,
     max_prompt_chars=20,
@@ -34,35 +37,51 @@ TEST_LIMITS = LimitSettings(
 ClientFactory = Callable[..., TestClient]
 
 
-def auth(scope: str = "submit") -> dict[str, str]:
-    """Authorization header for one of the test keys (``admin``, ``submit``, ``read``)."""
-    return {"Authorization": f"Bearer {KEYS[scope]}"}
+class Api:
+    """Helpers bound to the test database."""
+
+    keys = KEYS
+    api_keys = ",".join(f"{scope}:{key}" for scope, key in KEYS.items())
+    limits = TEST_LIMITS
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @staticmethod
+    def auth(scope: str = "submit") -> dict[str, str]:
+        """Authorization header for a test key: ``admin``, ``submit`` or ``read``."""
+        return {"Authorization": f"Bearer {KEYS[scope]}"}
+
+    @staticmethod
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    @staticmethod
+    def error(response: httpx.Response) -> str:
+        """The message of an error response, checking the uniform error shape on the way."""
+        body = response.json()
+        assert set(body) == {"error"}, body
+        message = body["error"]["message"]
+        assert isinstance(message, str) and message, body
+        return message
+
+    @staticmethod
+    def examples(n: int, start: int = 0, prefix: str = "q") -> list[dict[str, Any]]:
+        """``n`` distinct valid examples, short enough for TEST_LIMITS."""
+        return [
+            {"prompt": f"{prefix}{i}+{i}=?", "target": str(2 * i), "id": f"{prefix}-{i}"}
+            for i in range(start, start + n)
+        ]
+
+    def count(self) -> int:
+        """Examples stored in the database, all buckets together."""
+        with self.engine.connect() as conn:
+            return count_examples(conn)
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def error_message(response: httpx.Response) -> str:
-    """The message of an error response, checking the uniform error shape on the way."""
-    body = response.json()
-    assert set(body) == {"error"}, body
-    message = body["error"]["message"]
-    assert isinstance(message, str) and message, body
-    return message
-
-
-def stored_count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return count_examples(conn)
-
-
-def examples(n: int, start: int = 0, prefix: str = "q") -> list[dict[str, Any]]:
-    """``n`` distinct, valid examples (short enough for TEST_LIMITS)."""
-    return [
-        {"prompt": f"{prefix}{i}+{i}=?", "target": str(2 * i), "id": f"{prefix}-{i}"}
-        for i in range(start, start + n)
-    ]
+@pytest.fixture
+def api(engine: Engine) -> Api:
+    return Api(engine)
 
 
 @pytest.fixture
@@ -80,7 +99,7 @@ def make_settings(db_url: str, data_dir: Path) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "data_dir": data_dir,
             "database_url": db_url,
-            "api_keys": API_KEYS,
+            "api_keys": Api.api_keys,
             "limits": TEST_LIMITS,
         }
         values.update(overrides)
@@ -91,7 +110,10 @@ def make_settings(db_url: str, data_dir: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 def make_client(make_settings: Callable[..., Settings]) -> Iterator[ClientFactory]:
-    """Start an app (running its lifespan) with overridden settings; all closed at teardown."""
+    """Start an app (running its lifespan) with overridden settings; all closed at teardown.
+
+    Server errors come back as responses (as a client would see them), not as exceptions.
+    """
     with ExitStack() as stack:
 
         def make(**overrides: Any) -> TestClient:

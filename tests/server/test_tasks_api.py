@@ -8,100 +8,122 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from learner.store.ingest import content_hash, split_for_hash
 from learner.store.models import Bucket, Example
-from tests.server.conftest import (
-    TEST_LIMITS,
-    auth,
-    error_message,
-    examples,
-    stored_count,
+from server.settings import LimitSettings
+
+if TYPE_CHECKING:
+    from tests.server.conftest import Api, ClientFactory
+
+# The bad-input table below is written against these limits.
+LIMITS = LimitSettings(
+    max_examples_per_request=5, max_prompt_chars=20, max_target_chars=10, max_body_bytes=4096
 )
 
 
-def test_submit_stores_the_batch(client: TestClient, engine: Engine) -> None:
+def examples(n: int, start: int = 0, prefix: str = "q") -> list[dict[str, Any]]:
+    """``n`` distinct valid examples, short enough for LIMITS."""
+    return [
+        {"prompt": f"{prefix}{i}+{i}=?", "target": str(2 * i), "id": f"{prefix}-{i}"}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    return make_client(limits=LIMITS)
+
+
+def test_submit_stores_the_batch(client: TestClient, api: Api) -> None:
     batch = examples(3)
-    response = client.post("/v1/tasks", json={"bucket": "arith", "examples": batch}, headers=auth())
+    response = client.post(
+        "/v1/tasks", json={"bucket": "arith", "examples": batch}, headers=api.auth()
+    )
     assert response.status_code == 202, response.text
     assert response.json() == {"bucket": "arith", "accepted": 3, "duplicates": 0}
-    assert stored_count(engine) == 3
+    assert api.count() == 3
 
     query = select(Example.prompt, Example.target, Example.external_id, Example.split).join(
         Bucket, Bucket.id == Example.bucket_id
     )
-    with engine.connect() as conn:
+    with api.engine.connect() as conn:
         rows = {(r.prompt, r.target, r.external_id, r.split) for r in conn.execute(query)}
     assert rows == {
-        (e["prompt"], e["target"], e["id"], split_for_hash(content_hash("arith", e["prompt"], e["target"])))
+        (
+            e["prompt"],
+            e["target"],
+            e["id"],
+            split_for_hash(content_hash("arith", e["prompt"], e["target"])),
+        )
         for e in batch
     }
 
 
-def test_resubmission_and_in_batch_repeats_are_duplicates(
-    client: TestClient, engine: Engine
-) -> None:
-    first = client.post("/v1/tasks", json={"bucket": "b", "examples": examples(4)}, headers=auth())
+def test_resubmission_and_in_batch_repeats_are_duplicates(client: TestClient, api: Api) -> None:
+    first = client.post(
+        "/v1/tasks", json={"bucket": "b", "examples": examples(4)}, headers=api.auth()
+    )
     assert first.json() == {"bucket": "b", "accepted": 4, "duplicates": 0}
     batch = [*examples(2, start=3), examples(1, start=3)[0], *examples(2)]
-    second = client.post("/v1/tasks", json={"bucket": "b", "examples": batch}, headers=auth())
+    second = client.post("/v1/tasks", json={"bucket": "b", "examples": batch}, headers=api.auth())
     assert second.status_code == 202
     # New: example 4 only. Repeats: 3 (stored), 3 (again in the batch), 0 and 1 (stored).
     assert second.json() == {"bucket": "b", "accepted": 1, "duplicates": 4}
-    assert stored_count(engine) == 5
+    assert api.count() == 5
 
 
-def test_kind_and_grader_are_kept_and_a_conflict_is_409(
-    client: TestClient, engine: Engine
-) -> None:
+def test_kind_and_grader_are_kept_and_a_conflict_is_409(client: TestClient, api: Api) -> None:
     body = {"bucket": "align", "kind": "alignment", "grader": "numeric", "examples": examples(2)}
-    assert client.post("/v1/tasks", json=body, headers=auth()).status_code == 202
-    bucket = client.get("/v1/buckets/align", headers=auth("read")).json()
+    assert client.post("/v1/tasks", json=body, headers=api.auth()).status_code == 202
+    bucket = client.get("/v1/buckets/align", headers=api.auth("read")).json()
     assert (bucket["kind"], bucket["grader"]) == ("alignment", "numeric")
 
     for change in ({"kind": "task"}, {"grader": "exact"}):
         conflicting = {**body, **change, "examples": examples(3, start=10)}
-        response = client.post("/v1/tasks", json=conflicting, headers=auth())
+        response = client.post("/v1/tasks", json=conflicting, headers=api.auth())
         assert response.status_code == 409
-        assert "already exists" in error_message(response)
-        assert stored_count(engine) == 2
+        assert "already exists" in api.error(response)
+        assert api.count() == 2
     # Leaving kind and grader out means "whatever the bucket has".
     more = client.post(
-        "/v1/tasks", json={"bucket": "align", "examples": examples(1, start=20)}, headers=auth()
+        "/v1/tasks", json={"bucket": "align", "examples": examples(1, start=20)}, headers=api.auth()
     )
     assert more.json()["accepted"] == 1
 
 
-def test_submitting_client_is_recorded(client: TestClient, engine: Engine) -> None:
-    client.post("/v1/tasks", json={"bucket": "b", "examples": examples(1)}, headers=auth())
+def test_submitting_client_is_recorded(client: TestClient, api: Api) -> None:
+    client.post("/v1/tasks", json={"bucket": "b", "examples": examples(1)}, headers=api.auth())
     client.post(
-        "/v1/tasks", json={"bucket": "b", "examples": examples(1, 1)}, headers=auth("admin")
+        "/v1/tasks", json={"bucket": "b", "examples": examples(1, 1)}, headers=api.auth("admin")
     )
-    with engine.connect() as conn:
+    with api.engine.connect() as conn:
         clients = list(conn.execute(select(Example.client).order_by(Example.id)).scalars())
     # Env keys are named env-<position> in LIFELONG_API_KEYS (admin first, submit second).
     assert clients == ["env-2", "env-1"]
 
 
-def test_exact_limits_are_accepted(client: TestClient, engine: Engine) -> None:
+def test_exact_limits_are_accepted(client: TestClient, api: Api) -> None:
     batch = [
-        {"prompt": "p" * TEST_LIMITS.max_prompt_chars, "target": "t" * TEST_LIMITS.max_target_chars},
-        *examples(TEST_LIMITS.max_examples_per_request - 1),
+        {"prompt": "p" * LIMITS.max_prompt_chars, "target": "t" * LIMITS.max_target_chars},
+        *examples(LIMITS.max_examples_per_request - 1),
     ]
-    response = client.post("/v1/tasks", json={"bucket": "edge", "examples": batch}, headers=auth())
+    response = client.post(
+        "/v1/tasks", json={"bucket": "edge", "examples": batch}, headers=api.auth()
+    )
     assert response.status_code == 202, response.text
-    assert response.json()["accepted"] == TEST_LIMITS.max_examples_per_request
-    assert stored_count(engine) == TEST_LIMITS.max_examples_per_request
+    assert response.json()["accepted"] == LIMITS.max_examples_per_request
+    assert api.count() == LIMITS.max_examples_per_request
 
 
-def test_missing_content_type_is_read_as_json(client: TestClient) -> None:
+def test_missing_content_type_is_read_as_json(client: TestClient, api: Api) -> None:
     body = json.dumps({"bucket": "b", "examples": examples(1)}).encode()
-    response = client.post("/v1/tasks", content=body, headers=auth())
+    response = client.post("/v1/tasks", content=body, headers=api.auth())
     assert response.status_code == 202, response.text
 
 
@@ -144,14 +166,15 @@ _VALID = json.dumps(_body()).encode()
 _TOO_BIG = json.dumps(
     _body(examples=[{"prompt": "p" * 20, "target": "t", "id": "x" * 100} for _ in range(30)])
 ).encode()
-assert len(_TOO_BIG) > TEST_LIMITS.max_body_bytes
+assert len(_TOO_BIG) > LIMITS.max_body_bytes
 
 # id -> (request keyword arguments, expected status, substring of the error message)
 BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "malformed json": (_raw(b'{"bucket": "b", "examples": ['), 422, "not valid JSON"),
     "not json at all": (_raw(b"bucket=b"), 422, "not valid JSON"),
     "json list body": (_json([1, 2]), 422, "body: Input should be a valid dictionary"),
-    "json null body": (_json(None), 422, "body: Field required"),
+    "json null body": (_json(None), 422, "body: Input should be a valid dictionary"),
+    "no body": ({"content": b"", "headers": {}}, 422, "body: Field required"),
     "empty body": (_raw(b""), 422, "body: Field required"),
     "missing bucket": (_json({"examples": examples(1)}), 422, "bucket: Field required"),
     "missing examples": (_json({"bucket": "b"}), 422, "examples: Field required"),
@@ -217,7 +240,8 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
     ),
     "body over max_body_bytes": (_raw(_TOO_BIG), 413, "larger than 4096 bytes"),
     "chunked body over max_body_bytes": (
-        {"content": _chunks(_TOO_BIG), "headers": {"content-type": "application/json"}},
+        # Sent without Content-Length (chunked): the limit is enforced while reading.
+        {"content": lambda: _chunks(_TOO_BIG), "headers": {"content-type": "application/json"}},
         413,
         "larger than 4096 bytes",
     ),
@@ -232,19 +256,24 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
 def test_bad_input_is_4xx_with_a_message_and_stores_nothing(
-    client: TestClient, engine: Engine, case: str
+    client: TestClient, api: Api, case: str
 ) -> None:
-    seeded = client.post("/v1/tasks", json={"bucket": "b", "examples": examples(3)}, headers=auth())
+    seeded = client.post(
+        "/v1/tasks", json={"bucket": "b", "examples": examples(3)}, headers=api.auth()
+    )
     assert seeded.status_code == 202
-    before = stored_count(engine)
+    before = api.count()
     assert before == 3
 
     request, status, message = BAD_REQUESTS[case]
-    headers = {**auth(), **request.get("headers", {})}
-    response = client.post("/v1/tasks", content=request["content"], headers=headers)
+    headers = {**api.auth(), **request.get("headers", {})}
+    content = request["content"]
+    if callable(content):  # a fresh iterator for every run
+        content = content()
+    response = client.post("/v1/tasks", content=content, headers=headers)
 
     assert response.status_code == status, response.text
-    assert message in error_message(response)
-    assert stored_count(engine) == before
-    buckets = client.get("/v1/buckets", headers=auth("read")).json()
+    assert message in api.error(response)
+    assert api.count() == before
+    buckets = client.get("/v1/buckets", headers=api.auth("read")).json()
     assert [b["name"] for b in buckets] == ["b"]

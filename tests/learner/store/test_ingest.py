@@ -210,6 +210,7 @@ def test_failure_later_in_the_transaction_rolls_everything_back(engine: Engine) 
         ("", None, None, "bucket name"),
         ("x" * 65, None, None, "bucket name"),
         ("-leading-dash", None, None, "bucket name"),
+        ("trailing-newline\n", None, None, "bucket name"),
         ("ok", "curriculum", None, "unknown bucket kind"),
         ("ok", None, "fuzzy", "unknown grader"),
     ],

@@ -1,0 +1,146 @@
+"""The learner worker on a real database with the micro builtin model and a GPT-2 model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from sqlalchemy import Engine
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from learner import control, lease, registry
+from learner.builtin import build_tokenizer
+from learner.config import LearnerConfig, LoraSettings
+from learner.modeling import encode_examples, load_base
+from learner.store.db import write_transaction
+from learner.store.ingest import NewExample, ingest_batch
+from learner.tasks import make_examples
+from learner.worker import Learner, promotion_report
+
+FAST = LearnerConfig(
+    lora=LoraSettings(r=4, alpha=8),
+    batch_size=8,
+    candidate_every=4,
+    checkpoint_every=2,
+    poll_seconds=0.05,
+    eval_max_probes=8,
+    max_new_tokens=8,
+    device="cpu",
+)
+
+
+def submit(engine: Engine, bucket: str, family: str, n: int = 60, seed: int = 0) -> None:
+    examples = [NewExample(e["prompt"], e["target"]) for e in make_examples(family, n, 1, seed)]
+    with write_transaction(engine) as conn:
+        ingest_batch(conn, bucket, examples)
+
+
+def make_learner(engine: Engine, tmp_path: Path, model_dir: Path, **overrides: object) -> Learner:
+    config = LearnerConfig(**{**FAST.__dict__, **overrides})  # type: ignore[arg-type]
+    return Learner(engine, config, tmp_path, model_dir, str(model_dir), holder="test-learner")
+
+
+def test_steps_version_and_identical_logits(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    submit(engine, "copy-l1", "copy")
+    learner = make_learner(engine, tmp_path, micro_model_dir, max_steps=4)
+    learner.run()
+    assert learner.state.step == 4
+    with engine.connect() as conn:
+        versions = registry.list_versions(conn)
+    assert [v.version for v in versions] == [1]
+    saved = versions[0]
+    assert saved.train_step == 4 and saved.parent_version is None
+    assert saved.provenance["base_model"] == str(micro_model_dir)
+    assert saved.provenance["data_seen"] == {"copy-l1": 32}
+    assert saved.gate_report is not None and "reason" in saved.gate_report
+    assert registry.sha256_file(Path(saved.path) / registry.ADAPTER_WEIGHTS) == saved.sha256
+
+    # The saved version, loaded with plain peft, computes what the learner computed.
+    batch = encode_examples(learner.tokenizer, [("copy ab =", "ab")], 64)
+    learner.model.eval()
+    with torch.no_grad():
+        expected = learner.model(input_ids=batch.input_ids).logits
+        base = AutoModelForCausalLM.from_pretrained(micro_model_dir)
+        loaded = PeftModel.from_pretrained(base, saved.path).eval()
+        got = loaded(input_ids=batch.input_ids).logits
+    torch.testing.assert_close(got, expected)
+
+
+def test_resumes_from_checkpoint(engine: Engine, tmp_path: Path, micro_model_dir: Path) -> None:
+    submit(engine, "copy-l1", "copy")
+    first = make_learner(engine, tmp_path, micro_model_dir, max_steps=3, candidate_every=100)
+    first.run()
+    weights = {k: v.clone() for k, v in first.model.state_dict().items() if "lora_" in k}
+    second = make_learner(engine, tmp_path, micro_model_dir, max_steps=5, candidate_every=100)
+    second.wait_for_lease(threading.Event())
+    second.setup()
+    assert second.state.step == 3
+    assert second.state.rng == first.rng.bit_generator.state
+    for key, value in second.model.state_dict().items():
+        if key in weights:
+            torch.testing.assert_close(value, weights[key])
+    lease.release(engine, second.holder)
+    second.run()
+    assert second.state.step == 5
+
+
+def test_pause_stops_training(engine: Engine, tmp_path: Path, micro_model_dir: Path) -> None:
+    submit(engine, "copy-l1", "copy")
+    with write_transaction(engine) as conn:
+        control.submit_command(conn, "pause", "test")
+    learner = make_learner(engine, tmp_path, micro_model_dir)
+    learner.wait_for_lease(threading.Event())
+    learner.setup()
+    assert learner.tick() is False and learner.paused
+    with write_transaction(engine) as conn:
+        control.submit_command(conn, "resume", "test")
+    assert learner.tick() is True and learner.state.step == 1
+    lease.release(engine, learner.holder)
+
+
+def test_second_learner_waits_for_the_lease(engine: Engine) -> None:
+    assert lease.try_acquire(engine, "a", ttl=30)
+    assert not lease.try_acquire(engine, "b", ttl=30)
+    assert lease.heartbeat(engine, "a")
+    lease.release(engine, "a")
+    assert lease.try_acquire(engine, "b", ttl=30)
+    assert not lease.heartbeat(engine, "a")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_gpt2_architecture(engine: Engine, tmp_path: Path) -> None:
+    """Any local Hugging Face causal LM works: here a GPT-2 initialised and saved locally."""
+    tokenizer = build_tokenizer()
+    model_dir = tmp_path / "gpt2-local"
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    submit(engine, "reverse-l1", "reverse")
+    learner = make_learner(engine, tmp_path, model_dir, max_steps=4)
+    learner.run()
+    with engine.connect() as conn:
+        (version,) = registry.list_versions(conn)
+    adapter_config = json.loads((Path(version.path) / "adapter_config.json").read_text())
+    assert any(m.endswith("attn.c_attn") for m in adapter_config["target_modules"])
+    base, _ = load_base(model_dir, torch.device("cpu"))
+    loaded = PeftModel.from_pretrained(base, version.path)
+    assert loaded.peft_config["default"].r == FAST.lora.r
+
+
+def test_promotion_report() -> None:
+    better = promotion_report({"a": 0.5, "b": 0.7}, {"a": 0.2, "b": 0.7, "c": 1.0}, None, 0.0)
+    assert better["promote"] and better["gain"] == pytest.approx(0.15)
+    assert "vs base" in better["reason"]
+    same = promotion_report({"a": 0.5}, {"a": 0.5}, 3, 0.0)
+    assert not same["promote"] and "vs v3" in same["reason"]
+    assert not promotion_report({}, {}, None, 0.0)["promote"]
