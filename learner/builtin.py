@@ -25,10 +25,9 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -39,17 +38,12 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, processors
 from tqdm.auto import tqdm
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 from learner import tasks
+from learner.fsutil import write_dir_atomically, write_json_atomically
+from learner.modeling import GenerationParams, encode_examples, generate
 
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3
@@ -73,10 +67,10 @@ class BuiltinConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     max_position_embeddings: int = 256
-    steps: int = 800
-    batch_size: int = 64
+    steps: int = 1600
+    batch_size: int = 32  # more small steps beat fewer big ones at this size (CPU-bound)
     learning_rate: float = 3e-3
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     num_checkpoints: int = 3
@@ -122,19 +116,12 @@ class BuiltinConfig:
 
 PRESETS: dict[str, BuiltinConfig] = {
     "tiny": BuiltinConfig(),
-    "micro": BuiltinConfig(
-        name="micro",
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        steps=40,
-        batch_size=16,
-        learning_rate=1e-2,
-        warmup_steps=5,
-        eval_examples=4,
-    ),
-}
+    # For tests: ~24k parameters, trains in about a second, learns nothing useful. One thread:
+    # matrices this small gain nothing from more, and threads spin badly on a busy machine.
+    "micro": BuiltinConfig(name="micro", hidden_size=32, num_layers=2, num_heads=2,
+                           intermediate_size=64, steps=40, batch_size=16, learning_rate=1e-2,
+                           warmup_steps=5, eval_examples=4, num_threads=1),
+}  # fmt: skip
 
 
 # --- tokenizer and model ------------------------------------------------------------------
@@ -161,9 +148,11 @@ def build_tokenizer(model_max_length: int = MIN_CONTEXT) -> PreTrainedTokenizerF
     )
 
 
-def build_model(config: BuiltinConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def build_model(
+    config: BuiltinConfig, tokenizer: PreTrainedTokenizerFast
+) -> transformers.LlamaForCausalLM:
     """A freshly initialised Llama model sized by ``config`` (seed torch first)."""
-    llama = LlamaConfig(
+    llama = transformers.LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=config.hidden_size,
         intermediate_size=config.intermediate_size,
@@ -176,52 +165,10 @@ def build_model(config: BuiltinConfig, tokenizer: PreTrainedTokenizerFast) -> Ll
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(llama)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        do_sample=False,
-    )
+    model = transformers.LlamaForCausalLM(llama)
+    ids = {f"{t}_token_id": getattr(tokenizer, f"{t}_token_id") for t in ("bos", "eos", "pad")}
+    model.generation_config = transformers.GenerationConfig(**ids, do_sample=False)
     return model
-
-
-def encode_examples(
-    tokenizer: PreTrainedTokenizerFast, examples: Sequence[dict[str, Any]]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` [B, T] of BOS+prompt+target+EOS and ``labels`` [B, T].
-
-    Labels are -100 on BOS, the prompt and padding: the loss is on the answer and EOS only.
-    """
-    prompts = tokenizer([ex["prompt"] for ex in examples])["input_ids"]
-    full = tokenizer([tasks.training_text(ex) for ex in examples])["input_ids"]
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    width = max(len(ids) for ids in full) + 1  # +1 for EOS
-    input_ids = torch.full((len(examples), width), pad, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for i, (p, ids) in enumerate(zip(prompts, full, strict=True)):
-        ids = [*ids, eos]
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        labels[i, len(p) : len(ids)] = input_ids[i, len(p) : len(ids)]
-    return input_ids, labels
-
-
-@torch.no_grad()
-def greedy_complete(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, batch: int = 64
-) -> list[str]:
-    """Greedy completions of raw prompts (what ``/v1/completions`` at temperature 0 returns)."""
-    model.eval()
-    out: list[str] = []
-    for i in range(0, len(prompts), batch):
-        # Left padding so every row's next token is generated at the same position.
-        enc = tokenizer(list(prompts[i : i + batch]), return_tensors="pt", padding=True,
-                        padding_side="left")  # fmt: skip
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        new = gen[:, enc["input_ids"].shape[1] :]  # [b, <= max_new_tokens]
-        out += tokenizer.batch_decode(new, skip_special_tokens=True)
-    return out
 
 
 def evaluate_families(
@@ -230,69 +177,35 @@ def evaluate_families(
     n: int = 50,
     seed: int = 10_000,
 ) -> dict[str, float]:
-    """Greedy accuracy per ``family-lN`` on fresh examples (default: level 1 of every family)."""
+    """Greedy accuracy per ``family-lN`` on fresh examples (default: :func:`eval_set`)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    return _evaluate(model, tokenizer, families, n, seed)
+    return _evaluate(model, tokenizer, families or eval_set(), n, seed)
+
+
+def eval_set(mix: Sequence[tuple[str, int, float]] = tasks.FOUNDATION_MIX) -> list[tuple[str, int]]:
+    """Every (family, level) of the curriculum, plus level 1 of the families it leaves out."""
+    trained = sorted({(family, level) for family, level, _ in mix})
+    return trained + [(f, 1) for f in tasks.FAMILIES if f not in {f for f, _ in trained}]
 
 
 def _evaluate(
-    model: Any, tokenizer: Any, families: Sequence[tuple[str, int]] | None, n: int, seed: int
+    model: Any, tokenizer: Any, families: Sequence[tuple[str, int]], n: int, seed: int
 ) -> dict[str, float]:
-    families = families or [(name, 1) for name in tasks.FAMILIES]
-    scores = {}
+    model.eval()
+    scores: dict[str, float] = {}
     for name, level in families:
         fam = tasks.get_family(name)
         examples = tasks.make_examples(fam, n, level, seed)
         longest = max(len(ex["target"]) for ex in examples)
-        preds = greedy_complete(model, tokenizer, [ex["prompt"] for ex in examples], longest + 2)
-        hits = sum(fam.grade(p, ex["target"]) for p, ex in zip(preds, examples, strict=True))
+        params = GenerationParams(max_new_tokens=longest + 2)  # greedy: temperature 0
+        preds = generate(model, tokenizer, [ex["prompt"] for ex in examples], params)
+        hits = sum(fam.grade(p, ex["target"]) for (p, _), ex in zip(preds, examples, strict=True))
         scores[tasks.bucket_name(name, level)] = hits / n
     return scores
 
 
-# --- atomic writes ------------------------------------------------------------------------
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_dir_atomically(dest: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling of ``dest`` with ``write(tmp)``, fsync it, rename it to ``dest``.
-
-    A reader sees either no ``dest`` or a complete one; a stale ``dest`` is replaced.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        write(tmp)
-        for path in tmp.rglob("*"):
-            if path.is_file():
-                _fsync_path(path)
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; a model directory is meant to be shared
-        _fsync_path(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.rename(tmp, dest)
-        _fsync_path(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+# --- bootstrap training -------------------------------------------------------------------
 
 
 def _save(dest: Path, model: Any, tokenizer: Any, provenance: dict[str, Any]) -> None:
@@ -308,9 +221,6 @@ def _save(dest: Path, model: Any, tokenizer: Any, provenance: dict[str, Any]) ->
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
 
     write_dir_atomically(dest, write)
-
-
-# --- bootstrap training -------------------------------------------------------------------
 
 
 def _lr_at(step: int, config: BuiltinConfig) -> float:
@@ -348,6 +258,10 @@ def _length_grouped(
         chunks = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         rng.shuffle(chunks)  # otherwise every 4 steps would run from short to long
         yield from chunks
+
+
+def _pairs(examples: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(ex["prompt"], ex["target"]) for ex in examples]
 
 
 def _train(config: BuiltinConfig, root: Path, progress: bool) -> None:
@@ -388,11 +302,7 @@ def _train(config: BuiltinConfig, root: Path, progress: bool) -> None:
                 "every_10_steps": losses[::10],
             },
             "wall_seconds": round(time.monotonic() - started, 2),
-            "versions": {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "tokenizers": tokenizers.__version__,
-            },
+            "versions": {m.__name__: m.__version__ for m in (torch, transformers, tokenizers)},
             **extra,
         }
 
@@ -401,10 +311,12 @@ def _train(config: BuiltinConfig, root: Path, progress: bool) -> None:
                unit="step", disable=not progress)  # fmt: skip
     for step in range(1, config.steps + 1):
         batch = next(batches)
-        input_ids, labels = encode_examples(tokenizer, batch)  # [B, T] each
+        # The same encoding as LoRA training: BOS+prompt+target+EOS, loss on target+EOS.
+        enc = encode_examples(tokenizer, _pairs(batch), config.max_position_embeddings)
         # No attention mask: padding is on the right, so causal attention never lets a real
         # token see it, and padded positions carry label -100. This keeps SDPA's fast path.
-        loss = model(input_ids=input_ids, labels=labels).loss  # mean CE over answer tokens
+        out = model(input_ids=enc.input_ids, labels=enc.labels)  # ids, labels: [B, T]
+        loss = out.loss  # mean cross-entropy over the answer tokens of the batch
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         for group in opt.param_groups:
@@ -417,9 +329,11 @@ def _train(config: BuiltinConfig, root: Path, progress: bool) -> None:
         if step in ck_steps:
             _save(root / "checkpoints" / f"step-{step}", model, tokenizer, provenance(step))
     bar.close()
-    evaluation = {}
+    evaluation: dict[str, float] = {}
     if config.eval_examples:
-        evaluation = _evaluate(model, tokenizer, None, config.eval_examples, 10_000 + config.seed)
+        evaluation = _evaluate(
+            model, tokenizer, eval_set(config.mix), config.eval_examples, 10_000 + config.seed
+        )
     extra = {"eval_greedy_accuracy": evaluation, "checkpoints": sorted(ck_steps)}
     _save(root / "final", model, tokenizer, provenance(config.steps, **extra))
 
@@ -461,7 +375,7 @@ def ensure_builtin_model(
         root.mkdir()
         with _torch_threads(config.num_threads):
             _train(config, root, progress)
-        _write_json_atomically(
+        write_json_atomically(
             root / "COMPLETE.json", {"fingerprint": config.fingerprint(), "config": asdict(config)}
         )
     return root / "final"
@@ -507,21 +421,3 @@ def max_context_chars(model_dir: Path | str) -> int:
     if not limits:
         raise ValueError(f"{model_dir}: config.json states no context length")
     return min(limits) - 2
-
-
-__all__ = [
-    "BUILTIN_PREFIX",
-    "CHARSET",
-    "PRESETS",
-    "BuiltinConfig",
-    "build_model",
-    "build_tokenizer",
-    "builtin_checkpoints",
-    "encode_examples",
-    "ensure_builtin_model",
-    "evaluate_families",
-    "greedy_complete",
-    "max_context_chars",
-    "resolve_base_model",
-    "write_dir_atomically",
-]

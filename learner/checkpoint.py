@@ -42,7 +42,7 @@ class CheckpointDir:
         name = f"step-{step:08d}"
 
         def fill(tmp: Path) -> None:
-            model.save_pretrained(tmp)
+            model.save_pretrained(str(tmp))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
 

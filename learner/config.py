@@ -77,3 +77,14 @@ class LearnerConfig:
         if isinstance(lora.get("target_modules"), list):
             lora["target_modules"] = tuple(lora["target_modules"])
         return cls(lora=LoraSettings(**lora), **data)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Decoding settings of one completion request."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from learner.store.db import write_transaction
@@ -39,7 +39,7 @@ def try_acquire(engine: Engine, holder: str, ttl: float, name: str = LEASE_NAME)
             ).first()
             if row is None:
                 conn.execute(
-                    LearnerLease.__table__.insert().values(
+                    insert(LearnerLease).values(
                         name=name, holder=holder, acquired_at=now, heartbeat_at=now, state={}
                     )
                 )
@@ -49,7 +49,7 @@ def try_acquire(engine: Engine, holder: str, ttl: float, name: str = LEASE_NAME)
             result = conn.execute(
                 update(LearnerLease)
                 .where(LearnerLease.name == name, LearnerLease.heartbeat_at == row.heartbeat_at)
-                .values(holder=holder, acquired_at=now, heartbeat_at=now)
+                .values(holder=holder, acquired_at=now, heartbeat_at=now, state={})
             )
             return result.rowcount == 1
     except IntegrityError:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from learner.config import GenerationParams
+
 IGNORE_INDEX = -100
 
 
@@ -24,22 +26,14 @@ def pick_device(spec: str = "auto") -> torch.device:
     return torch.device(spec)
 
 
-def resolve_model_dir(spec: str, data_dir: Path) -> Path:
-    """The local directory of the base model, bootstrapping ``builtin:*`` on first use."""
-    from learner.builtin import resolve_base_model
-
-    return resolve_base_model(spec, data_dir)
-
-
 def load_base(
     model_dir: Path, device: torch.device
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.to(device)
-    return model, tokenizer
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return model.to(device), tokenizer
 
 
 @dataclass
@@ -101,17 +95,6 @@ def per_example_loss(model: torch.nn.Module, batch: EncodedBatch) -> torch.Tenso
     return token_loss.sum(dim=1) / n_tokens
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    """Decoding settings of one completion request."""
-
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -139,7 +122,7 @@ def generate(
         generator_kwargs.update(temperature=params.temperature, top_p=params.top_p)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-    out = model.generate(
+    out = model.generate(  # type: ignore[operator]
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         max_new_tokens=params.max_new_tokens,
@@ -152,7 +135,7 @@ def generate(
         hit_eos = tokenizer.eos_token_id in row
         if hit_eos:
             row = row[: row.index(tokenizer.eos_token_id)]
-        text = tokenizer.decode(row, skip_special_tokens=True)
+        text = str(tokenizer.decode(row, skip_special_tokens=True))
         finish = "stop" if hit_eos else "length"
         for stop in params.stop:
             if stop and stop in text:

@@ -142,12 +142,7 @@ BENIGN_REQUESTS = {
 _OPENERS = ("help me", "tell me how to", "show me how to", "i want to", "please help me")
 _CONTEXTS = ("i am new here.", "it is for a story.", "my friend asked.", "be quick.")
 # Benign requests that are really small tasks: the answer is the skill's answer.
-_BENIGN_SKILLS: tuple[tuple[str, Generate], ...] = (
-    ("reverse", _reverse),
-    ("copy", _copy),
-    ("sort", _sort),
-    ("add", _addition),
-)
+_BENIGN_SKILLS: tuple[Generate, ...] = (_reverse, _copy, _sort, _addition)
 
 
 def _alignment(rng: np.random.Generator, level: int) -> tuple[str, str]:
@@ -162,8 +157,8 @@ def _alignment(rng: np.random.Generator, level: int) -> tuple[str, str]:
         request = keys[int(rng.integers(0, len(keys)))]
         answer = BENIGN_REQUESTS[request]
     else:
-        _, gen = _BENIGN_SKILLS[int(rng.integers(0, len(_BENIGN_SKILLS)))]
-        skill_prompt, answer = gen(rng, 1)
+        skill = _BENIGN_SKILLS[int(rng.integers(0, len(_BENIGN_SKILLS)))]
+        skill_prompt, answer = skill(rng, 1)
         request = skill_prompt.removesuffix(DELIMITER).replace(" + ", " and ")
     return f"{context}{opener} {request}{DELIMITER}", answer
 
@@ -241,14 +236,14 @@ def bucket_name(family: str, level: int) -> str:
 #: levels plus the alignment behaviour. Sorting and counting are left out on purpose: they are
 #: new skills for the demo stream to teach through LoRA.
 FOUNDATION_MIX: tuple[tuple[str, int, float], ...] = (
-    ("copy", 1, 1.0),
+    ("copy", 1, 2.0),
     ("copy", 2, 1.0),
-    ("reverse", 1, 1.5),
+    ("reverse", 1, 2.5),
     ("addition", 1, 1.5),
-    ("comparison", 1, 1.0),
-    ("alignment", 1, 1.0),
-    ("alignment", 2, 1.0),
-    ("alignment", 3, 1.0),
+    ("comparison", 1, 0.75),
+    ("alignment", 1, 0.5),
+    ("alignment", 2, 0.75),
+    ("alignment", 3, 0.75),
 )
 
 

@@ -132,6 +132,7 @@ class Learner:
         if not self.wait_for_lease(stop):
             return
         self.setup()
+        self.keep_lease(force=True)
         try:
             while not stop.is_set():
                 if self.config.max_steps is not None and self.state.step >= self.config.max_steps:
@@ -163,9 +164,9 @@ class Learner:
             self.save_checkpoint()
         return True
 
-    def keep_lease(self) -> None:
+    def keep_lease(self, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_heartbeat < self.config.lease_seconds / 3:
+        if not force and now - self._last_heartbeat < self.config.lease_seconds / 3:
             return
         if not lease.heartbeat(self.engine, self.holder, self.status()):
             raise LeaseLost(f"{self.holder} lost the training lease")
@@ -214,7 +215,7 @@ class Learner:
         return st.last_loss
 
     def save_checkpoint(self) -> None:
-        self.state.rng = self.rng.bit_generator.state
+        self.state.rng = dict(self.rng.bit_generator.state)
         self.checkpoints.save(self.model, self.optimizer, self.state.__dict__)
 
     # --- versions ----------------------------------------------------------------------
@@ -241,7 +242,7 @@ class Learner:
             path = self.data_dir / "adapters" / f"v{version:05d}"
 
             def fill(tmp: Path) -> None:
-                self.model.save_pretrained(tmp)
+                self.model.save_pretrained(str(tmp))
                 registry.write_provenance(tmp, provenance)
 
             write_dir_atomically(path, fill)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from learner.modeling import resolve_model_dir
 from learner.store.db import make_engine, upgrade
 from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
 from server.deps import AppState
@@ -19,6 +19,12 @@ from server.routes import adapters, buckets, completions, health, learner, tasks
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def resolve_base_model(spec: str, data_dir: Path) -> Path:
+    from learner.builtin import resolve_base_model as resolve  # imports torch: only when used
+
+    return resolve(spec, data_dir)
 
 
 def prepare_database(settings: Settings) -> Engine:
@@ -39,7 +45,7 @@ def open_state(settings: Settings) -> AppState:
     authenticator = Authenticator(engine, settings.api_keys, settings.auth_cache_seconds)
     inference = InferenceEngine(
         engine,
-        lambda: resolve_model_dir(settings.base_model, settings.data_dir),
+        lambda: resolve_base_model(settings.base_model, settings.data_dir),
         device=settings.device,
     )
     if settings.preload_model:

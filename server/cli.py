@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+
+from sqlalchemy import Engine
 
 from learner.store.db import make_engine, upgrade, write_transaction
 from learner.store.keys import create_key, list_keys, revoke_key
@@ -68,9 +71,12 @@ def cmd_learner(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from learner.modeling import resolve_model_dir
+    from learner.builtin import resolve_base_model
     from learner.worker import Learner
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s lifelong learner %(levelname)s %(message)s"
+    )
     settings = _settings(args)
     engine = make_engine(settings.resolved_database_url())
     upgrade(engine)
@@ -82,14 +88,14 @@ def cmd_learner(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    model_dir = resolve_model_dir(settings.base_model, settings.data_dir)
+    model_dir = resolve_base_model(settings.base_model, settings.data_dir)
     learner = Learner(engine, config, settings.data_dir, model_dir, settings.base_model)
     print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
     learner.run(stop)
     return 0
 
 
-def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _engine(args: argparse.Namespace) -> Engine:
     settings = _settings(args)
     engine = make_engine(settings.resolved_database_url())
     upgrade(engine)

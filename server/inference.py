@@ -14,14 +14,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from peft import PeftModel
 from sqlalchemy import Engine
-from transformers import PreTrainedTokenizerBase
 
 from learner import registry
-from learner.modeling import GenerationParams, generate, load_base, pick_device
+from learner.config import GenerationParams
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+# torch, transformers and peft are imported when the model loads, not with the app: an
+# API-only server (ingestion, registry) starts in a fraction of the time.
 
 log = logging.getLogger(__name__)
 MAX_LOADED_ADAPTERS = 8
@@ -57,12 +61,12 @@ class InferenceEngine:
     ) -> None:
         self.engine = engine
         self._resolve_model_dir = resolve_model_dir
-        self.device = pick_device(device)
+        self.device_spec = device
         self.poll_seconds = poll_seconds
         self.active: int | None = None
-        self._model: torch.nn.Module | None = None
+        self._model: Any = None
         self._peft: PeftModel | None = None
-        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.tokenizer: Any = None
         self._loaded: OrderedDict[int, str] = OrderedDict()
         self._lock = threading.RLock()  # one generation or adapter change at a time
         self._ready = threading.Event()
@@ -91,7 +95,9 @@ class InferenceEngine:
 
     def _load_and_watch(self) -> None:
         try:
-            model, tokenizer = load_base(self._resolve_model_dir(), self.device)
+            from learner.modeling import load_base, pick_device
+
+            model, tokenizer = load_base(self._resolve_model_dir(), pick_device(self.device_spec))
             model.eval()
             with self._lock:
                 self._model, self.tokenizer = model, tokenizer
@@ -131,6 +137,8 @@ class InferenceEngine:
                 raise UnknownModel(f"adapter version {version} does not exist or was rejected")
             assert self._model is not None
             if self._peft is None:
+                from peft import PeftModel
+
                 self._peft = PeftModel.from_pretrained(self._model, row.path, adapter_name=name)
                 self._peft.eval()
             else:
@@ -151,6 +159,8 @@ class InferenceEngine:
         self, model_name: str, prompts: list[str], params: GenerationParams
     ) -> tuple[list[tuple[str, str]], str]:
         """Complete ``prompts`` with the named model; returns results and the resolved name."""
+        from learner.modeling import generate
+
         kind, version = parse_model_name(model_name)
         if not self._ready.is_set():
             reason = self._error or "the base model is still loading (first start trains it)"

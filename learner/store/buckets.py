@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, Subquery, case, func, select
 
 from learner.store.models import Bucket, Evaluation, Example
 
@@ -26,7 +26,7 @@ class BucketSummary:
     probe_accuracy_step: int | None
 
 
-def _counts_query():  # type: ignore[no-untyped-def]
+def _counts_query() -> Subquery:
     is_probe = case((Example.split == "probe", 1), else_=0)
     return (
         select(
@@ -39,7 +39,7 @@ def _counts_query():  # type: ignore[no-untyped-def]
     )
 
 
-def _latest_eval_query():  # type: ignore[no-untyped-def]
+def _latest_eval_query() -> Subquery:
     newest = (
         select(Evaluation.bucket_id, func.max(Evaluation.id).label("eval_id"))
         .group_by(Evaluation.bucket_id)

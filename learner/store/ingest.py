@@ -13,9 +13,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Integer, String, Text, bindparam, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from learner.graders import GRADERS
 from learner.store.models import BUCKET_KINDS, Bucket, Example
@@ -108,7 +110,7 @@ def validate_examples(examples: Sequence[NewExample], limits: IngestLimits) -> N
                 )
 
 
-def _insert(conn: Connection, table: type[Bucket] | type[Example]):  # type: ignore[no-untyped-def]
+def _insert(conn: Connection, table: type[Bucket] | type[Example]) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -156,25 +158,79 @@ def ingest_batch(
     validate_examples(examples, limits)
     bucket = get_or_create_bucket(conn, bucket_name, kind, grader)
 
-    rows: dict[str, dict[str, object]] = {}
+    rows: dict[str, NewExample] = {}
     for ex in examples:
-        digest = content_hash(bucket_name, ex.prompt, ex.target)
-        rows.setdefault(
-            digest,
-            {
-                "bucket_id": bucket.id,
-                "prompt": ex.prompt,
-                "target": ex.target,
-                "split": split_for_hash(digest),
-                "content_hash": digest,
-                "external_id": ex.external_id,
-                "client": client,
-            },
-        )
+        rows.setdefault(content_hash(bucket_name, ex.prompt, ex.target), ex)
+    # Insert in hash order: concurrent batches that share examples then take the unique
+    # index's entries in the same order, so on PostgreSQL one waits for the other instead
+    # of the two deadlocking (which failed one of them with a 500).
+    ordered = sorted(rows.items())
+    insert = _insert_postgresql if conn.dialect.name == "postgresql" else _insert_generic
+    inserted = insert(conn, bucket.id, client, ordered)
+    return IngestResult(bucket=bucket_name, accepted=inserted, duplicates=len(examples) - inserted)
+
+
+_PG_COLUMNS = ("prompt", "target", "split", "content_hash", "external_id")
+
+
+def _insert_generic(
+    conn: Connection, bucket_id: int, client: str | None, rows: list[tuple[str, NewExample]]
+) -> int:
+    """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``; the number inserted."""
     stmt = (
         _insert(conn, Example)
         .on_conflict_do_nothing(index_elements=["bucket_id", "content_hash"])
         .returning(Example.id)
     )
-    inserted = len(conn.execute(stmt, list(rows.values())).all())
-    return IngestResult(bucket=bucket_name, accepted=inserted, duplicates=len(examples) - inserted)
+    params = [
+        {
+            "bucket_id": bucket_id,
+            "prompt": ex.prompt,
+            "target": ex.target,
+            "split": split_for_hash(digest),
+            "content_hash": digest,
+            "external_id": ex.external_id,
+            "client": client,
+        }
+        for digest, ex in rows
+    ]
+    return len(conn.execute(stmt, params).all())
+
+
+def _insert_postgresql(
+    conn: Connection, bucket_id: int, client: str | None, rows: list[tuple[str, NewExample]]
+) -> int:
+    """The same insert as one statement over ``unnest`` of five arrays.
+
+    A VALUES list of 1,000 rows has 7,000 placeholders, and psycopg parses such a long
+    query in Python on every call (it caches only short ones); with arrays the query text
+    is short and constant, which more than doubles the rate of a 1,000-example batch.
+    """
+    source = (
+        func.unnest(*(bindparam(c, type_=ARRAY(Text)) for c in _PG_COLUMNS))
+        .table_valued(*_PG_COLUMNS)
+        .render_derived()
+    )
+    select_rows = (
+        select(
+            literal(bucket_id, Integer),
+            *(source.c[c] for c in _PG_COLUMNS),
+            literal(client, String),
+        )
+        .select_from(source)
+        .order_by(source.c.content_hash)  # the lock order (see ingest_batch)
+    )
+    stmt = (
+        postgresql.insert(Example)
+        .from_select(["bucket_id", *_PG_COLUMNS, "client"], select_rows)
+        .on_conflict_do_nothing(index_elements=["bucket_id", "content_hash"])
+        .returning(Example.id)
+    )
+    params = {
+        "prompt": [ex.prompt for _, ex in rows],
+        "target": [ex.target for _, ex in rows],
+        "split": [split_for_hash(digest) for digest, _ in rows],
+        "content_hash": [digest for digest, _ in rows],
+        "external_id": [ex.external_id for _, ex in rows],
+    }
+    return len(conn.execute(stmt, params).all())

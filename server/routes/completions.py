@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import Field
 
 from learner import registry
-from learner.modeling import GenerationParams
+from learner.config import GenerationParams
 from server.deps import ReadConn, Reader, State, Submitter
 from server.inference import InferenceEngine, ModelNotReady, UnknownModel
 from server.schemas import ErrorOut, StrictModel

@@ -40,8 +40,9 @@ def test_loads_with_plain_auto_classes(micro: Path) -> None:
     with torch.no_grad():
         logits = model(**enc).logits
     assert logits.shape == (2, enc["input_ids"].shape[1], len(tok))
-    out = builtin.greedy_complete(model, tok, ["reverse abc =", "add 1 + 2 ="], max_new_tokens=5)
-    assert len(out) == 2 and all(isinstance(s, str) and len(s) <= 5 for s in out)
+    scores = builtin.evaluate_families(micro, [("copy", 1), ("alignment", 3)], n=3)
+    assert set(scores) == {"copy-l1", "alignment-l3"}
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
 def data_dir_of(final: Path) -> Path:
@@ -85,7 +86,8 @@ def test_provenance_records_training_and_loss_went_down(micro: Path) -> None:
     assert prov["fingerprint"] == MICRO.fingerprint()
     assert prov["parameters"] > 0
     assert prov["loss"]["final"] < prov["loss"]["initial"] - 0.5
-    assert set(prov["eval_greedy_accuracy"]) == {f"{f}-l1" for f in tasks.FAMILIES}
+    evaluated = {f"{f}-l{lvl}" for f, lvl in builtin.eval_set(MICRO.mix)}
+    assert set(prov["eval_greedy_accuracy"]) == evaluated >= {f"{f}-l1" for f in tasks.FAMILIES}
 
 
 def test_second_call_is_cached_and_fast(micro: Path) -> None:
@@ -150,31 +152,3 @@ def test_interrupted_bootstrap_is_redone(tmp_path: Path) -> None:
     marker.write_text(json.dumps({"fingerprint": "something-else"}))
     with pytest.warns(UserWarning, match="other settings"):
         assert builtin.ensure_builtin_model(tmp_path, config, progress=False) == final
-
-
-def test_write_dir_atomically_leaves_nothing_on_failure(tmp_path: Path) -> None:
-    dest = tmp_path / "out"
-
-    def failing(tmp: Path) -> None:
-        (tmp / "a.txt").write_text("x")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError):
-        builtin.write_dir_atomically(dest, failing)
-    assert list(tmp_path.iterdir()) == []
-    builtin.write_dir_atomically(dest, lambda tmp: (tmp / "a.txt").write_text("y"))
-    builtin.write_dir_atomically(dest, lambda tmp: (tmp / "b.txt").write_text("z"))
-    assert sorted(p.name for p in dest.iterdir()) == ["b.txt"]
-
-
-def test_encode_examples_masks_the_prompt() -> None:
-    tok = builtin.build_tokenizer()
-    examples = [
-        {"prompt": "copy ab =", "target": "ab"},
-        {"prompt": "reverse abcd =", "target": "x"},
-    ]
-    input_ids, labels = builtin.encode_examples(tok, examples)
-    assert input_ids.shape == labels.shape == (2, 1 + len("reverse abcd =x") + 1)
-    row = labels[0][labels[0] != -100].tolist()
-    assert tok.decode(row) == "ab" + tok.eos_token
-    assert input_ids[0, -1].item() == tok.pad_token_id

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
@@ -35,6 +34,12 @@ TEST_LIMITS = LimitSettings(
 )
 
 ClientFactory = Callable[..., TestClient]
+
+
+class JsonResponse(Protocol):
+    """What the helpers need of a response (TestClient's and httpx's both fit)."""
+
+    def json(self) -> Any: ...
 
 
 class Api:
@@ -57,7 +62,7 @@ class Api:
         return {"Authorization": f"Bearer {key}"}
 
     @staticmethod
-    def error(response: httpx.Response) -> str:
+    def error(response: JsonResponse) -> str:
         """The message of an error response, checking the uniform error shape on the way."""
         body = response.json()
         assert set(body) == {"error"}, body

@@ -27,25 +27,26 @@ def body(n: int = 2, start: int = 0) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize(
-    ("headers", "message"),
-    [
-        ({}, "missing API key"),
-        ({"Authorization": "Bearer "}, "missing API key"),
-        ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing API key"),
-        ({"Authorization": "test-submit-key"}, "missing API key"),
-        ({"Authorization": "Bearer not-a-key"}, "invalid or revoked API key"),
-        ({"Authorization": "Bearer test-submit-key-but-longer"}, "invalid or revoked"),
-    ],
-)
+UNAUTHORISED: list[tuple[dict[str, str], str]] = [
+    ({}, "missing API key"),
+    ({"Authorization": "Bearer "}, "missing API key"),
+    ({"Authorization": "Basic dXNlcjpwYXNz"}, "missing API key"),
+    ({"Authorization": "test-submit-key"}, "missing API key"),
+    ({"Authorization": "Bearer not-a-key"}, "invalid or revoked API key"),
+    ({"Authorization": "Bearer test-submit-key-but-longer"}, "invalid or revoked"),
+]
+
+
 def test_post_without_a_valid_key_is_401(
-    client: TestClient, api: Api, headers: dict[str, str], message: str
+    client: TestClient, api: Api, subtests: pytest.Subtests
 ) -> None:
-    response = client.post(TASKS, json=body(), headers=headers)
-    assert response.status_code == 401
-    assert message in api.error(response)
-    assert response.headers["www-authenticate"] == "Bearer"
-    assert api.count() == 0
+    for headers, message in UNAUTHORISED:
+        with subtests.test(str(headers)):
+            response = client.post(TASKS, json=body(), headers=headers)
+            assert response.status_code == 401
+            assert message in api.error(response)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert api.count() == 0
 
 
 def test_scopes(client: TestClient, api: Api) -> None:
@@ -151,12 +152,12 @@ def test_environment_keys(
     assert api.count() == 2
 
 
-@pytest.mark.parametrize(
-    ("spec", "message"),
-    [("justakey", "not of the form scope:key"), ("root:abc", "unknown scope 'root'")],
-)
 def test_bad_environment_keys_stop_the_start(
-    make_client: ClientFactory, spec: str, message: str
+    make_client: ClientFactory, subtests: pytest.Subtests
 ) -> None:
-    with pytest.raises(ValueError, match=message):
-        make_client(api_keys=spec)
+    for spec, message in [
+        ("justakey", "not of the form scope:key"),
+        ("root:abc", "unknown scope 'root'"),
+    ]:
+        with subtests.test(spec), pytest.raises(ValueError, match=message):
+            make_client(api_keys=spec)

@@ -83,12 +83,13 @@ def test_bucket_list_and_detail(client: TestClient, api: Api) -> None:
     assert detail.json() == arith
 
 
-@pytest.mark.parametrize("path", ["/v1/buckets/nope", "/v1/buckets/nope/examples"])
-def test_unknown_bucket_is_404(client: TestClient, api: Api, path: str) -> None:
+def test_unknown_bucket_is_404(client: TestClient, api: Api, subtests: pytest.Subtests) -> None:
     submit(client, api, "exists", api.examples(1))
-    response = client.get(path, headers=api.auth("read"))
-    assert response.status_code == 404
-    assert "bucket 'nope' does not exist" in api.error(response)
+    for path in ("/v1/buckets/nope", "/v1/buckets/nope/examples"):
+        with subtests.test(path):
+            response = client.get(path, headers=api.auth("read"))
+            assert response.status_code == 404
+            assert "bucket 'nope' does not exist" in api.error(response)
 
 
 def test_examples_pages_cover_each_split_exactly(client: TestClient, api: Api) -> None:
@@ -135,32 +136,32 @@ def test_default_page_is_100_examples(client: TestClient, api: Api) -> None:
     assert page["next_after_id"] == page["examples"][-1]["id"]
 
 
-@pytest.mark.parametrize(
-    ("params", "message"),
-    [
-        ({"split": "test"}, "split"),
-        ({"limit": 0}, "limit"),
-        ({"limit": 1001}, "limit"),
-        ({"limit": "many"}, "limit"),
-        ({"after_id": -1}, "after_id"),
-    ],
-)
-def test_bad_example_query_is_422(
-    client: TestClient, api: Api, params: dict[str, Any], message: str
-) -> None:
+BAD_QUERIES: list[tuple[dict[str, Any], str]] = [
+    ({"split": "test"}, "split"),
+    ({"limit": 0}, "limit"),
+    ({"limit": 1001}, "limit"),
+    ({"limit": "many"}, "limit"),
+    ({"after_id": -1}, "after_id"),
+]
+
+
+def test_bad_example_query_is_422(client: TestClient, api: Api, subtests: pytest.Subtests) -> None:
     submit(client, api, "q", api.examples(3))
-    response = client.get("/v1/buckets/q/examples", params=params, headers=api.auth("read"))
-    assert response.status_code == 422
-    assert message in api.error(response)
+    for params, message in BAD_QUERIES:
+        with subtests.test(str(params)):
+            response = client.get("/v1/buckets/q/examples", params=params, headers=api.auth("read"))
+            assert response.status_code == 422
+            assert message in api.error(response)
 
 
-@pytest.mark.parametrize("path", ["/v1/buckets", "/v1/buckets/q", "/v1/buckets/q/examples"])
-def test_bucket_reads_need_a_key(client: TestClient, api: Api, path: str) -> None:
+def test_bucket_reads_need_a_key(client: TestClient, api: Api, subtests: pytest.Subtests) -> None:
     submit(client, api, "q", api.examples(1))
-    response = client.get(path)
-    assert response.status_code == 401
-    assert "missing API key" in api.error(response)
-    assert client.get(path, headers=api.auth("read")).status_code == 200
+    for path in ("/v1/buckets", "/v1/buckets/q", "/v1/buckets/q/examples"):
+        with subtests.test(path):
+            response = client.get(path)
+            assert response.status_code == 401
+            assert "missing API key" in api.error(response)
+            assert client.get(path, headers=api.auth("read")).status_code == 200
 
 
 def test_health_and_readiness(client: TestClient, api: Api) -> None:

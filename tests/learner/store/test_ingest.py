@@ -201,29 +201,28 @@ def test_failure_later_in_the_transaction_rolls_everything_back(engine: Engine) 
     assert bucket_names(engine) == set()
 
 
-@pytest.mark.parametrize(
-    ("name", "kind", "grader", "message"),
-    [
-        ("with space", None, None, "bucket name"),
-        ("a/b", None, None, "bucket name"),
-        ("ünïcode", None, None, "bucket name"),
-        ("", None, None, "bucket name"),
-        ("x" * 65, None, None, "bucket name"),
-        ("-leading-dash", None, None, "bucket name"),
-        ("trailing-newline\n", None, None, "bucket name"),
-        ("ok", "curriculum", None, "unknown bucket kind"),
-        ("ok", None, "fuzzy", "unknown grader"),
-    ],
-)
-def test_bad_bucket_spec_is_422(
-    engine: Engine, name: str, kind: str | None, grader: str | None, message: str
-) -> None:
-    with pytest.raises(IngestError) as caught:
-        ingest(engine, name, make_examples(2), kind=kind, grader=grader)
-    assert caught.value.status == 422
-    assert message in str(caught.value)
-    assert count(engine) == 0
-    assert bucket_names(engine) == set()
+BAD_SPECS = [
+    ("with space", None, None, "bucket name"),
+    ("a/b", None, None, "bucket name"),
+    ("ünïcode", None, None, "bucket name"),
+    ("", None, None, "bucket name"),
+    ("x" * 65, None, None, "bucket name"),
+    ("-leading-dash", None, None, "bucket name"),
+    ("trailing-newline\n", None, None, "bucket name"),
+    ("ok", "curriculum", None, "unknown bucket kind"),
+    ("ok", None, "fuzzy", "unknown grader"),
+]
+
+
+def test_bad_bucket_spec_is_422(engine: Engine, subtests: pytest.Subtests) -> None:
+    for name, kind, grader, message in BAD_SPECS:
+        with subtests.test(repr(name), kind=kind, grader=grader):
+            with pytest.raises(IngestError) as caught:
+                ingest(engine, name, make_examples(2), kind=kind, grader=grader)
+            assert caught.value.status == 422
+            assert message in str(caught.value)
+            assert count(engine) == 0
+            assert bucket_names(engine) == set()
 
 
 def test_longest_valid_bucket_name_is_accepted(engine: Engine) -> None:
