@@ -121,6 +121,10 @@ PRESETS: dict[str, BuiltinConfig] = {
     "micro": BuiltinConfig(name="micro", hidden_size=32, num_layers=2, num_heads=2,
                            intermediate_size=64, steps=40, batch_size=16, learning_rate=1e-2,
                            warmup_steps=5, eval_examples=4, num_threads=1),
+    # The tiny architecture with a short bootstrap (about a minute): it knows its skills
+    # a little, enough for LoRA to teach it a new one quickly. For end-to-end tests.
+    "small": BuiltinConfig(name="small", steps=500, warmup_steps=30, batch_size=32,
+                           num_checkpoints=1, eval_examples=0),
 }  # fmt: skip
 
 

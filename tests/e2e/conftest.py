@@ -19,7 +19,6 @@ so that no server spends minutes bootstrapping the default one; pass
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import secrets
 import signal
@@ -217,14 +216,9 @@ _SERVERS = pytest.StashKey[list[LiveServer]]()
 
 
 @pytest.fixture(scope="session")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+def base_model(micro_model_dir: Path) -> str:
     """A ready-made tiny base model (built once per session) as a LIFELONG_BASE_MODEL."""
-    from learner.builtin import BuiltinConfig, ensure_builtin_model
-
-    root = tmp_path_factory.mktemp("base-model")
-    # One thread: a second core is busy with the test itself (about a second of training).
-    config = dataclasses.replace(BuiltinConfig.preset("micro"), num_threads=1)
-    return str(ensure_builtin_model(root, config, progress=False))
+    return str(micro_model_dir)
 
 
 @pytest.fixture
