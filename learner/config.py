@@ -49,6 +49,9 @@ class LearnerConfig:
     lease_seconds: float = 15.0
     seed: int = 0
     device: str = "auto"
+    # CPU threads for torch; 0: all cores but one, which is left to the server process
+    # (two processes spinning threads on the same cores slow each other down badly).
+    num_threads: int = 0
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -64,6 +67,8 @@ class LearnerConfig:
             "poll_seconds",
             "lease_seconds",
         )
+        if self.num_threads < 0:
+            raise ValueError("LearnerConfig.num_threads must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("LearnerConfig.max_steps must be >= 0")
 

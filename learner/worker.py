@@ -109,6 +109,7 @@ class Learner:
         return False
 
     def setup(self) -> None:
+        torch.set_num_threads(self.config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
         torch.manual_seed(self.config.seed)
         base, self.tokenizer = load_base(self.model_dir, self.device)
         self.model: PeftModel = get_peft_model(base, lora_config(self.config))

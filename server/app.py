@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from learner.builtin_config import context_chars_for
 from learner.store.db import make_engine, upgrade
 from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
 from server.deps import AppState
@@ -47,10 +48,21 @@ def open_state(settings: Settings) -> AppState:
         engine,
         lambda: resolve_base_model(settings.base_model, settings.data_dir),
         device=settings.device,
+        num_threads=settings.inference_threads,
     )
     if settings.preload_model:
         inference.start_once()
-    return AppState(settings, engine, authenticator, inference)
+    limits = settings.limits.ingest_limits(base_model_context(settings), settings.base_model)
+    return AppState(settings, engine, authenticator, limits, inference)
+
+
+def base_model_context(settings: Settings) -> int | None:
+    """Characters that fit in the base model's context; None (no check) when unknown."""
+    try:
+        return context_chars_for(settings.base_model)
+    except (ValueError, OSError, KeyError) as exc:
+        log.warning("no context limit for %s: %s", settings.base_model, exc)
+        return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection, Engine
 
+from learner.store.ingest import IngestLimits
 from learner.store.keys import Principal
 from server.auth import Authenticator
 from server.inference import InferenceEngine
@@ -23,6 +24,7 @@ class AppState:
     settings: Settings
     engine: Engine
     authenticator: Authenticator
+    ingest_limits: IngestLimits
     inference: InferenceEngine | None = None
 
 

@@ -58,10 +58,12 @@ class InferenceEngine:
         resolve_model_dir: Callable[[], Path],
         device: str = "auto",
         poll_seconds: float = 0.2,
+        num_threads: int = 1,
     ) -> None:
         self.engine = engine
         self._resolve_model_dir = resolve_model_dir
         self.device_spec = device
+        self.num_threads = num_threads
         self.poll_seconds = poll_seconds
         self.active: int | None = None
         self._model: Any = None
@@ -95,7 +97,11 @@ class InferenceEngine:
 
     def _load_and_watch(self) -> None:
         try:
+            import torch
+
             from learner.modeling import load_base, pick_device
+
+            torch.set_num_threads(self.num_threads)
 
             model, tokenizer = load_base(self._resolve_model_dir(), pick_device(self.device_spec))
             model.eval()

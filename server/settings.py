@@ -23,11 +23,13 @@ class LimitSettings(BaseModel):
     max_target_chars: int = Field(default=8192, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
-    def ingest_limits(self) -> IngestLimits:
+    def ingest_limits(self, context_chars: int | None = None, model: str = "") -> IngestLimits:
         return IngestLimits(
             max_examples=self.max_examples_per_request,
             max_prompt_chars=self.max_prompt_chars,
             max_target_chars=self.max_target_chars,
+            max_example_chars=context_chars,
+            model=f"the base model {model}" if model else "the base model",
         )
 
 
@@ -52,6 +54,8 @@ class Settings(BaseSettings):
     # Start loading the base model for serving at start-up rather than at the first
     # completion request (`lifelong serve` turns this on).
     preload_model: bool = False
+    # CPU threads for serving completions (the learner process uses the other cores).
+    inference_threads: int = Field(default=1, ge=1)
     limits: LimitSettings = LimitSettings()
     learner: LearnerConfig = LearnerConfig()
 

@@ -44,10 +44,16 @@ class IngestLimits:
     max_examples: int = 5000
     max_prompt_chars: int = 8192
     max_target_chars: int = 8192
+    # What fits into the base model's context (prompt and target together), and the
+    # model it comes from, for the error message; None when unknown.
+    max_example_chars: int | None = None
+    model: str = "the base model"
 
     def __post_init__(self) -> None:
         if min(self.max_examples, self.max_prompt_chars, self.max_target_chars) < 1:
             raise ValueError("ingest limits must be positive")
+        if self.max_example_chars is not None and self.max_example_chars < 2:
+            raise ValueError("max_example_chars must be at least 2")
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,12 @@ def validate_examples(examples: Sequence[NewExample], limits: IngestLimits) -> N
                 raise IngestError(
                     f"examples[{i}].{field} has {len(value)} characters, the limit is {limit}"
                 )
+        total = len(ex.prompt) + len(ex.target)
+        if limits.max_example_chars is not None and total > limits.max_example_chars:
+            raise IngestError(
+                f"examples[{i}]: prompt and target together have {total} characters; "
+                f"{limits.model} takes at most {limits.max_example_chars}"
+            )
 
 
 def _insert(conn: Connection, table: type[Bucket] | type[Example]) -> Any:

@@ -31,7 +31,7 @@ def submit_tasks(body: TaskSubmission, state: State, principal: Submitter) -> Ta
             kind=body.kind,
             grader=body.grader,
             client=principal.name,
-            limits=state.settings.limits.ingest_limits(),
+            limits=state.ingest_limits,
         )
     return TaskAccepted(
         bucket=result.bucket, accepted=result.accepted, duplicates=result.duplicates

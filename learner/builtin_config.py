@@ -1,0 +1,121 @@
+"""Settings of the builtin models and context limits, without importing torch.
+
+The server needs a model's context length (to reject over-long examples at ingestion)
+long before, or without ever, loading the model; everything here reads JSON only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from learner import tasks
+
+MIN_CONTEXT = 256  # tokens (= characters for the builtin tokenizer)
+BUILTIN_PREFIX = "builtin:"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class BuiltinConfig:
+    """Architecture and bootstrap-training settings of a builtin model (validated on creation).
+
+    Use a preset: ``BuiltinConfig.preset("tiny")`` (the service default) or ``"micro"``
+    (tests); ``dataclasses.replace`` derives variants, which must get a new ``name``.
+    """
+
+    name: str = "tiny"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_position_embeddings: int = 256
+    steps: int = 1600
+    batch_size: int = 32  # more small steps beat fewer big ones at this size (CPU-bound)
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    num_checkpoints: int = 3
+    seed: int = 0
+    num_threads: int = 0  # 0: every core this process may use
+    eval_examples: int = 50  # per family, greedy exact match after training (0: skip)
+    mix: tuple[tuple[str, int, float], ...] = tasks.FOUNDATION_MIX
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"name must match {_NAME_RE.pattern}, got {self.name!r}")
+        positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "steps")
+        for field in (*positive, "batch_size", "learning_rate"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
+        for field in ("warmup_steps", "weight_decay", "grad_clip", "num_threads"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.max_position_embeddings < MIN_CONTEXT:
+            raise ValueError(f"max_position_embeddings must be >= {MIN_CONTEXT}")
+        if not 0 <= self.num_checkpoints < self.steps:
+            raise ValueError("num_checkpoints must be in [0, steps)")
+        if self.eval_examples < 0:
+            raise ValueError("eval_examples must be >= 0")
+        for family, level, _ in self.mix:
+            tasks.check_level(tasks.get_family(family), level)
+
+    @classmethod
+    def preset(cls, name: str) -> BuiltinConfig:
+        """The named preset (``tiny`` or ``micro``)."""
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown builtin preset {name!r}; known: {sorted(PRESETS)}") from None
+
+    def fingerprint(self) -> str:
+        """Short hash of every setting: a cached model is reused only for the same one."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return sha256(blob).hexdigest()[:16]
+
+
+PRESETS: dict[str, BuiltinConfig] = {
+    "tiny": BuiltinConfig(),
+    # For tests: ~24k parameters, trains in about a second, learns nothing useful. One thread:
+    # matrices this small gain nothing from more, and threads spin badly on a busy machine.
+    "micro": BuiltinConfig(name="micro", hidden_size=32, num_layers=2, num_heads=2,
+                           intermediate_size=64, steps=40, batch_size=16, learning_rate=1e-2,
+                           warmup_steps=5, eval_examples=4, num_threads=1),
+    # The tiny architecture with a short bootstrap (about a minute): it knows its skills
+    # a little, enough for LoRA to teach it a new one quickly. For end-to-end tests.
+    "small": BuiltinConfig(name="small", steps=500, warmup_steps=30, batch_size=32,
+                           num_checkpoints=1, eval_examples=0),
+}  # fmt: skip
+
+
+def max_context_chars(model_dir: Path | str) -> int:
+    """How many prompt+answer characters fit in the model's context (BOS and EOS reserved).
+
+    Exact for the builtin character-level tokenizer. For subword tokenizers it is the token
+    budget, a conservative bound for ASCII text (every such token covers >= 1 character).
+    """
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    keys = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+    limits = [int(config[k]) for k in keys if isinstance(config.get(k), int)][:1]
+    tok_config = model_dir / "tokenizer_config.json"
+    if tok_config.is_file():
+        tok_max = json.loads(tok_config.read_text()).get("model_max_length")
+        if isinstance(tok_max, int) and tok_max < 10**9:  # HF uses 1e30 for "unset"
+            limits.append(tok_max)
+    if not limits:
+        raise ValueError(f"{model_dir}: config.json states no context length")
+    return min(limits) - 2
+
+
+def context_chars_for(spec: str) -> int:
+    """Context limit in characters of ``LIFELONG_BASE_MODEL`` (a preset or a directory)."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return BuiltinConfig.preset(spec.removeprefix(BUILTIN_PREFIX)).max_position_embeddings - 2
+    return max_context_chars(Path(spec).expanduser())
