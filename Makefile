@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[test,bench]'
+	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench-ingest: $(STAMP)
-	$(PY) bench/ingest.py
+	$(PY) bench/ingest.py --backend both
 
 bench: bench-ingest
 

@@ -94,6 +94,8 @@ def running_server(
         "LIFELONG_DATABASE_URL": database_url,
         "LIFELONG_API_KEYS": f"submit:{key}",
         "LIFELONG_BASE_MODEL": base_model,
+        # Ingestion only: no model loading competing for the two cores during the run.
+        "LIFELONG_PRELOAD_MODEL": "false",
         "PYTHONUNBUFFERED": "1",
     }
     log_path = data_dir / "server.log"

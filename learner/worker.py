@@ -84,7 +84,7 @@ class Learner:
     ) -> None:
         self.engine = engine
         self.config = config
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()  # stored version paths must not be relative
         self.model_dir = model_dir
         self.base_model = base_model
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -37,7 +38,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import create_app, prepare_database
     from server.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
 
-    settings = _settings(args).model_copy(update={"preload_model": True})
+    settings = _settings(args)
+    if "LIFELONG_PRELOAD_MODEL" not in os.environ:
+        # A serving process loads (and, the first time, waits for) the model at once.
+        settings = settings.model_copy(update={"preload_model": True})
     engine = prepare_database(settings)
     url = settings.resolved_database_url()
     supervisor = None
@@ -49,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         feeder.start()
     print(
         f"lifelong: serving on http://{settings.host}:{settings.port} "
-        f"(dashboard at /, API docs at /docs)\n"
+        f"(API docs at /docs)\n"
         f"lifelong: admin API key in {(settings.data_dir / 'admin.key').resolve()}\n"
         f"lifelong: learner {'off (--no-learner)' if supervisor is None else 'running'}"
         f"{', demo stream on' if feeder else ''}",
@@ -77,6 +81,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s lifelong learner %(levelname)s %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = _settings(args)
     engine = make_engine(settings.resolved_database_url())
     upgrade(engine)

@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # made with `lifelong keys revoke` take effect within this delay).
     auth_cache_seconds: float = Field(default=2.0, ge=0)
     # Start loading the base model for serving at start-up rather than at the first
-    # completion request (`lifelong serve` turns this on).
+    # completion request (`lifelong serve` turns this on unless the variable is set).
     preload_model: bool = False
     # CPU threads for serving completions (the learner process uses the other cores).
     inference_threads: int = Field(default=1, ge=1)

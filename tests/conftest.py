@@ -128,3 +128,17 @@ def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     data_dir = tmp_path_factory.mktemp("builtin")
     return ensure_builtin_model(data_dir, BuiltinConfig.preset("micro"), progress=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` when no CUDA device is present (CI has none)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

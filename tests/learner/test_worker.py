@@ -144,3 +144,13 @@ def test_promotion_report() -> None:
     same = promotion_report({"a": 0.5}, {"a": 0.5}, 3, 0.0)
     assert not same["promote"] and "vs v3" in same["reason"]
     assert not promotion_report({}, {}, None, 0.0)["promote"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_trains_on_cuda(engine: Engine, tmp_path: Path, micro_model_dir: Path) -> None:
+    submit(engine, "copy-l1", "copy")
+    learner = make_learner(engine, tmp_path, micro_model_dir, max_steps=4, device="cuda")
+    learner.run()
+    assert learner.state.step == 4
+    assert next(learner.model.parameters()).device.type == "cuda"
