@@ -88,8 +88,11 @@ class InferenceEngine:
                 )
                 self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop watching the registry; waits for the loader thread unless it is mid-load."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     @property
     def ready(self) -> bool:
@@ -168,6 +171,7 @@ class InferenceEngine:
         from learner.modeling import generate
 
         kind, version = parse_model_name(model_name)
+        self.start_once()
         if not self._ready.is_set():
             reason = self._error or "the base model is still loading (first start trains it)"
             raise ModelNotReady(reason)

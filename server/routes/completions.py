@@ -62,7 +62,6 @@ def get_inference(state: State) -> InferenceEngine:
     inference = state.inference
     if inference is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "serving is disabled")
-    inference.start_once()
     return inference
 
 
