@@ -1,13 +1,13 @@
 """Probe evaluation: greedy answers to a bucket's probe examples, judged by its grader.
 
-Results are stored as rows of the accuracy matrix (``evaluations``: version x bucket) and
-reused while the bucket's probe set is unchanged, so the reference (active or base) model
-is evaluated once per probe set, not at every candidate.
+Results are stored as rows of the accuracy matrix (``evaluations``: version x bucket); the
+learner reuses a stored score while the bucket's probe set is unchanged, so the reference
+(active or base) model is evaluated once per probe set, not at every candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -99,21 +99,3 @@ def store_score(
             at_step=step,
         )
     )
-
-
-def scores_for(
-    conn: Connection,
-    version: int | None,
-    probe_sets: Sequence[ProbeSet],
-    evaluate: Callable[[ProbeSet], float],
-    step: int,
-) -> dict[str, float]:
-    """Scores of ``version`` on each probe set, evaluating (and storing) only missing ones."""
-    scores = {}
-    for probes in probe_sets:
-        score = stored_score(conn, version, probes)
-        if score is None:
-            score = evaluate(probes)
-            store_score(conn, version, probes, score, step)
-        scores[probes.bucket] = score
-    return scores

@@ -31,13 +31,20 @@ from sqlalchemy import Engine
 from learner import control, lease, registry
 from learner.checkpoint import CheckpointDir
 from learner.config import LearnerConfig
-from learner.evaluation import ProbeSet, load_probe_sets, probe_accuracy, scores_for
+from learner.evaluation import (
+    ProbeSet,
+    load_probe_sets,
+    probe_accuracy,
+    store_score,
+    stored_score,
+)
 from learner.fsutil import write_dir_atomically
 from learner.modeling import encode_examples, load_base, per_example_loss, pick_device
 from learner.pool import ExamplePool, TrainExample
 from learner.store.db import write_transaction
 
 log = logging.getLogger(__name__)
+Evaluator = Callable[[ProbeSet], float]
 
 
 class LeaseLost(RuntimeError):
@@ -258,7 +265,7 @@ class Learner:
         with self.model.disable_adapter():
             return self._evaluate_current(probes)
 
-    def _evaluate_stored(self, path: Path) -> Callable[[ProbeSet], float]:
+    def _evaluate_stored(self, path: Path) -> Evaluator:
         """Evaluate a saved version by loading it beside the trained adapter for a moment."""
 
         def run(probes: ProbeSet) -> float:
@@ -272,24 +279,41 @@ class Learner:
 
         return run
 
+    def _reference_evaluator(self, active: int | None, path: str | None) -> Evaluator:
+        if active is None or path is None:
+            return self._evaluate_base
+        return self._evaluate_stored(Path(path))
+
     def make_candidate(self) -> dict[str, Any]:
-        """Save, evaluate and (if it helps the trained buckets) promote a candidate."""
+        """Save, evaluate and (if it helps the trained buckets) promote a candidate.
+
+        Evaluation runs outside any transaction (it takes seconds, and on SQLite a write
+        transaction would hold up ingestion); results are written in one short one.
+        """
         version, _ = self.save_version()
         step = self.state.step
-        with write_transaction(self.engine) as conn:
+        with self.engine.connect() as conn:
             probe_sets = load_probe_sets(
                 conn, self.state.trained_since_promotion, self.config.eval_max_probes
             )
             active = registry.active_version(conn)
-            candidate = scores_for(conn, version, probe_sets, self._evaluate_current, step)
-            if active is None:
-                reference = scores_for(conn, None, probe_sets, self._evaluate_base, step)
-            else:
-                row = registry.get_version(conn, active)
-                assert row is not None, f"active version {active} has no row"
-                evaluate = self._evaluate_stored(Path(row.path))
-                reference = scores_for(conn, active, probe_sets, evaluate, step)
-            report = promotion_report(candidate, reference, active, self.config.min_gain)
+            active_row = registry.get_version(conn, active) if active is not None else None
+            known = {p.bucket: stored_score(conn, active, p) for p in probe_sets}
+        evaluate_reference = self._reference_evaluator(
+            active, active_row.path if active_row else None
+        )
+        candidate = {p.bucket: self._evaluate_current(p) for p in probe_sets}
+        fresh = {p.bucket: evaluate_reference(p) for p in probe_sets if known[p.bucket] is None}
+        reference = {b: s if s is not None else fresh[b] for b, s in known.items()}
+        report = promotion_report(candidate, reference, active, self.config.min_gain)
+
+        with write_transaction(self.engine) as conn:
+            for probes in probe_sets:
+                store_score(conn, version, probes, candidate[probes.bucket], step)
+                if probes.bucket in fresh:
+                    store_score(conn, active, probes, fresh[probes.bucket], step)
+            if report["promote"] and registry.active_version(conn) != active:
+                report.update(promote=False, reason="the active version changed meanwhile")
             if report["promote"]:
                 registry.promote(conn, version, "learner", report["reason"])
                 self.state.trained_since_promotion = []
