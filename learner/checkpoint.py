@@ -58,10 +58,13 @@ class CheckpointDir:
                 shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> Path | None:
-        if not self.latest_file.exists():
-            return None
-        path = self.root / json.loads(self.latest_file.read_text())["dir"]
-        return path if (path / "state.json").exists() else None
+        """The newest complete checkpoint: LATEST's, else the newest whole ``step-*``."""
+        if self.latest_file.exists():
+            path = self.root / json.loads(self.latest_file.read_text())["dir"]
+            if (path / "state.json").exists():
+                return path
+        complete = sorted(p for p in self.root.glob("step-*") if (p / "state.json").exists())
+        return complete[-1] if complete else None
 
     def restore(
         self, model: PeftModel, optimizer: torch.optim.Optimizer, device: torch.device

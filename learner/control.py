@@ -37,6 +37,13 @@ def is_paused(conn: Connection) -> bool:
     return row is not None and row.command == "pause"
 
 
+def has_pending(conn: Connection) -> bool:
+    row = conn.execute(
+        select(ControlCommand.id).where(ControlCommand.processed_at.is_(None)).limit(1)
+    ).first()
+    return row is not None
+
+
 def acknowledge_pending(conn: Connection, result: str) -> list[str]:
     """Mark unprocessed commands as processed; returns their names in order."""
     rows = conn.execute(

@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(path: Path) -> None:
     """Flush every file and folder below ``path`` to disk before it is renamed into place."""
     for root, _dirs, files in os.walk(path):
@@ -19,29 +28,31 @@ def fsync_tree(path: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        dir_fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(Path(root))
 
 
 def write_dir_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
-    """Create ``final`` by filling a temporary sibling, syncing it and renaming it."""
+    """Create ``final`` by filling a temporary sibling, syncing it and renaming it.
+
+    An existing ``final`` is first renamed aside and deleted only after the new one is in
+    place, so at every moment one complete version exists under some name.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         fill(tmp)
         fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            os.rename(final, old)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_tree(final.parent)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -53,3 +64,4 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -72,6 +72,20 @@ def heartbeat(
         return result.rowcount == 1
 
 
+def renew(conn: Connection, holder: str, name: str = LEASE_NAME) -> bool:
+    """Renew the lease inside the caller's transaction; False when it is not ours.
+
+    Writes that only the lease holder may make (versions, promotions) run in the same
+    transaction, so a learner that lost the lease cannot make them (fencing).
+    """
+    result = conn.execute(
+        update(LearnerLease)
+        .where(LearnerLease.name == name, LearnerLease.holder == holder)
+        .values(heartbeat_at=_now())
+    )
+    return result.rowcount == 1
+
+
 def release(engine: Engine, holder: str, name: str = LEASE_NAME) -> None:
     """Give the lease up at once by back-dating the heartbeat."""
     with write_transaction(engine) as conn:

@@ -18,7 +18,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from learner import control, lease, registry
 from learner.checkpoint import CheckpointDir
@@ -103,6 +104,7 @@ class Learner:
         self.paused = False
         self._last_heartbeat = 0.0
         self._tokens_per_second = 0.0
+        self._checkpointed_step = -1
 
     # --- setup -------------------------------------------------------------------------
 
@@ -128,6 +130,7 @@ class Learner:
         restored = self.checkpoints.restore(self.model, self.optimizer, self.device)
         if restored is not None:
             self.state = LoopState(**restored)
+            self._checkpointed_step = self.state.step
             self.rng.bit_generator.state = self.state.rng
             log.info("resumed from checkpoint at step %d", self.state.step)
         self.model.train()
@@ -147,18 +150,24 @@ class Learner:
                     break
                 if not self.tick():
                     stop.wait(self.config.poll_seconds)
-        finally:
-            if self.state.step > 0:
-                self.save_checkpoint()
-            lease.release(self.engine, self.holder)
+        except LeaseLost:
+            # Another learner owns the checkpoints now: write nothing more, just stop.
+            log.warning("lost the training lease; stopping without a checkpoint")
+            return
+        self.save_checkpoint()
+        lease.release(self.engine, self.holder)
 
     def tick(self) -> bool:
         """One round; returns False when there was nothing to do (the caller waits)."""
         self.keep_lease()
-        with write_transaction(self.engine) as conn:
-            control.acknowledge_pending(conn, "applied")
+        # Reads only: on SQLite a write transaction per step would hold up ingestion.
+        with self.engine.connect() as conn:
+            pending = control.has_pending(conn)
             self.paused = control.is_paused(conn)
             self.pool.poll(conn)
+        if pending:
+            with write_transaction(self.engine) as conn:
+                control.acknowledge_pending(conn, "applied")
         buckets = self.pool.trainable_buckets()
         if self.paused or not buckets:
             return False
@@ -223,6 +232,9 @@ class Learner:
         return st.last_loss
 
     def save_checkpoint(self) -> None:
+        if self.state.step == 0 or self.state.step == self._checkpointed_step:
+            return  # nothing new to save
+        self._checkpointed_step = self.state.step
         self.state.rng = dict(self.rng.bit_generator.state)
         self.checkpoints.save(self.model, self.optimizer, self.state.__dict__)
 
@@ -243,22 +255,38 @@ class Learner:
         }
 
     def save_version(self) -> tuple[int, Path]:
-        """Write the current adapter as a new version directory and row."""
-        with write_transaction(self.engine) as conn:
+        """Write the current adapter as a new version directory, then record its row.
+
+        The directory is written outside any transaction (on SQLite a write transaction
+        blocks ingestion); only the lease holder can record it (one learner owns the
+        version numbers), which the fenced transaction checks.
+        """
+        with self.engine.connect() as conn:
             version = registry.next_version(conn)
-            provenance = self.provenance(version)
-            path = self.data_dir / "adapters" / f"v{version:05d}"
+        provenance = self.provenance(version)
+        path = self.data_dir / "adapters" / f"v{version:05d}"
 
-            def fill(tmp: Path) -> None:
-                self.model.save_pretrained(str(tmp))
-                registry.write_provenance(tmp, provenance)
+        def fill(tmp: Path) -> None:
+            self.model.save_pretrained(str(tmp))
+            registry.write_provenance(tmp, provenance)
 
-            write_dir_atomically(path, fill)
+        write_dir_atomically(path, fill)
+        with self.fenced_transaction() as conn:
             registry.record_version(conn, version, path, provenance, {})
         self.state.last_version = version
         return version, path
 
+    @contextmanager
+    def fenced_transaction(self) -> Iterator[Connection]:
+        """A write transaction that commits only while this learner holds the lease."""
+        with write_transaction(self.engine) as conn:
+            if not lease.renew(conn, self.holder):
+                raise LeaseLost(f"{self.holder} lost the training lease")
+            self._last_heartbeat = time.monotonic()
+            yield conn
+
     def _evaluate_current(self, probes: ProbeSet) -> float:
+        self.keep_lease()  # evaluations take a while: keep the lease alive between buckets
         return probe_accuracy(self.model, self.tokenizer, probes, self.config.max_new_tokens)
 
     def _evaluate_base(self, probes: ProbeSet) -> float:
@@ -307,7 +335,7 @@ class Learner:
         reference = {b: s if s is not None else fresh[b] for b, s in known.items()}
         report = promotion_report(candidate, reference, active, self.config.min_gain)
 
-        with write_transaction(self.engine) as conn:
+        with self.fenced_transaction() as conn:
             for probes in probe_sets:
                 store_score(conn, version, probes, candidate[probes.bucket], step)
                 if probes.bucket in fresh:

@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = settings.resolved_database_url()
     supervisor = None
     if not args.no_learner:
-        supervisor = LearnerSupervisor(learner_argv(str(settings.data_dir), url), child_env())
+        supervisor = LearnerSupervisor(learner_argv(str(settings.data_dir)), child_env(url))
         supervisor.start()
     feeder = DemoFeeder(engine, interval=args.demo_interval) if args.demo else None
     if feeder is not None:

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,10 +87,21 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal error; the request was not applied")
 
 
+async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable or busy: %s", exc)
+    return error_response(
+        503, "the database is busy or unreachable; retry shortly", headers={"Retry-After": "2"}
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(IngestError, _ingest_handler)
+    # SQLite "database is locked" after the busy timeout, a lost PostgreSQL connection, or
+    # an exhausted connection pool: the request was not applied and may be retried.
+    app.add_exception_handler(OperationalError, _database_busy)
+    app.add_exception_handler(PoolTimeoutError, _database_busy)
     app.add_exception_handler(Exception, _unhandled)
 
 

@@ -10,6 +10,7 @@ swap and no request fails during one.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # API-only server (ingestion, registry) starts in a fraction of the time.
 
 log = logging.getLogger(__name__)
+_VERSIONED = re.compile(r"lifelong@([0-9]{1,9})\Z", re.ASCII)
 MAX_LOADED_ADAPTERS = 8
 
 
@@ -43,9 +45,9 @@ def parse_model_name(name: str) -> tuple[str, int | None]:
     """``lifelong`` -> active, ``lifelong@N`` -> version N, ``base`` -> the base model."""
     if name in ("lifelong", "base"):
         return name, None
-    prefix, sep, version = name.partition("@")
-    if prefix == "lifelong" and sep and version.isdigit():
-        return "version", int(version)
+    match = _VERSIONED.match(name)
+    if match:
+        return "version", int(match.group(1))
     raise UnknownModel(f"unknown model {name!r}: use 'lifelong', 'lifelong@<version>' or 'base'")
 
 

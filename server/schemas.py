@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StrictModel(BaseModel):
@@ -18,6 +18,14 @@ class ExampleIn(StrictModel):
     prompt: str = Field(min_length=1, description="Model input, used as-is.")
     target: str = Field(min_length=1, description="Expected completion of the prompt.")
     id: str | None = Field(default=None, max_length=128, description="Client's own id.")
+
+    @field_validator("prompt", "target", "id")
+    @classmethod
+    def no_nul(cls, value: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
 
 
 class TaskSubmission(StrictModel):

@@ -30,6 +30,7 @@ class LearnerSupervisor:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="learner-supervisor", daemon=True)
 
     def start(self) -> None:
@@ -58,11 +59,15 @@ class LearnerSupervisor:
             )
             if self._stop.wait(backoff):
                 return
-            self.restarts += 1
-            self._spawn()
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                self.restarts += 1
+                self._spawn()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
+        with self._lock:  # no respawn can slip in between
+            self._stop.set()
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -74,17 +79,8 @@ class LearnerSupervisor:
             proc.wait()
 
 
-def learner_argv(data_dir: str, database_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "learner",
-        "--data-dir",
-        data_dir,
-        "--database-url",
-        database_url,
-    ]
+def learner_argv(data_dir: str) -> list[str]:
+    return [sys.executable, "-m", "server.cli", "learner", "--data-dir", data_dir]
 
 
 class DemoFeeder:
@@ -119,7 +115,10 @@ class DemoFeeder:
             self._stop.wait(self.interval)
 
 
-def child_env() -> dict[str, str]:
+def child_env(database_url: str) -> dict[str, str]:
+    """The learner's environment; the database URL (maybe with a password) goes here rather
+    than on the command line, where any local user could read it."""
     env = dict(os.environ)
+    env["LIFELONG_DATABASE_URL"] = database_url
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

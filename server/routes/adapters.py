@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 
 from learner import registry
@@ -14,6 +14,7 @@ from server.deps import ReadConn, Reader
 from server.schemas import ErrorOut
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+MAX_VERSION = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
 
 
 class AdapterOut(BaseModel):
@@ -73,7 +74,9 @@ def get_active(conn: ReadConn, _: Reader) -> ActiveOut:
 
 
 @router.get("/{version}", responses={404: {"model": ErrorOut}})
-def get_adapter(version: int, conn: ReadConn, _: Reader) -> AdapterOut:
+def get_adapter(
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)], conn: ReadConn, _: Reader
+) -> AdapterOut:
     row = registry.get_version(conn, version)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"adapter version {version} does not exist")

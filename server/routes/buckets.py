@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 
 from learner.store.buckets import BucketSummary, get_bucket, list_buckets, list_examples
+from learner.store.ingest import BUCKET_NAME_RE
 from server.deps import ReadConn, Reader
 from server.schemas import BucketOut, ErrorOut, ExampleOut, ExamplePage
 
@@ -28,7 +29,9 @@ def _bucket_out(summary: BucketSummary) -> BucketOut:
 
 
 def _found(conn: ReadConn, name: str) -> BucketSummary:
-    summary = get_bucket(conn, name)
+    # A name that could never have been stored (e.g. with a NUL byte, which PostgreSQL
+    # refuses in queries) is simply not found.
+    summary = get_bucket(conn, name) if BUCKET_NAME_RE.match(name) else None
     if summary is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"bucket {name!r} does not exist")
     return summary
@@ -52,7 +55,7 @@ def get_bucket_examples(
     _: Reader,
     split: Literal["train", "probe"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> ExamplePage:
     """A page of the bucket's examples in id order; follow ``next_after_id`` for more."""
     summary = _found(conn, name)

@@ -30,7 +30,7 @@ class SamplingFields(StrictModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     n: Literal[1] = 1
     user: str | None = None
 
@@ -120,7 +120,13 @@ def chat_prompt(inference: InferenceEngine, messages: list[ChatMessage]) -> str:
     tokenizer = inference.tokenizer
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         turns = [m.model_dump() for m in messages]
-        return str(tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+        try:
+            return str(
+                tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            )
+        except Exception as exc:  # jinja2 TemplateError and friends: the messages' fault
+            message = f"messages do not fit the model's chat template: {exc}"
+            raise HTTPException(422, message) from exc
     return "\n".join(m.content for m in messages)
 
 

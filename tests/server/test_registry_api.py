@@ -110,3 +110,24 @@ def test_parse_model_name() -> None:
     for bad in ("lifelong@", "lifelong@x", "other", "lifelong@-1"):
         with pytest.raises(UnknownModel):
             parse_model_name(bad)
+
+
+def test_out_of_range_input_is_4xx_not_500(client: TestClient, api: Any) -> None:
+    read = api.auth("read")
+    assert client.get("/v1/adapters/99999999999999999999", headers=read).status_code == 422
+    huge_after = client.get("/v1/buckets/b/examples?after_id=99999999999999999999", headers=read)
+    assert huge_after.status_code == 422
+    assert client.get("/v1/buckets/a%00b", headers=read).status_code == 404
+    for model in ("lifelong@²", "lifelong@99999999999999999999"):
+        response = client.post("/v1/completions", json={"model": model, "prompt": "x"},
+                               headers=api.auth())  # fmt: skip
+        assert response.status_code == 404, (model, response.text)
+    seed = client.post("/v1/completions", json={"prompt": "x", "seed": 2**70}, headers=api.auth())
+    assert seed.status_code == 422
+    nul = client.post(
+        "/v1/tasks",
+        json={"bucket": "b", "examples": [{"prompt": "a\u0000b", "target": "c"}]},
+        headers=api.auth(),
+    )
+    assert nul.status_code == 422 and "NUL" in api.error(nul)
+    assert api.count() == 0
