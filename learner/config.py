@@ -43,6 +43,10 @@ class LearnerConfig:
     candidate_every: int = 100
     checkpoint_every: int = 50
     min_gain: float = 0.0
+    # Shares of a batch: the focus bucket, alignment anchors, and (the rest) prioritized
+    # replay across all buckets.
+    focus_share: float = 0.5
+    anchor_share: float = 0.2
     max_new_tokens: int = 32
     eval_max_probes: int = 64
     poll_seconds: float = 1.0
@@ -67,6 +71,10 @@ class LearnerConfig:
             "poll_seconds",
             "lease_seconds",
         )
+        if not (0 < self.focus_share <= 1 and 0 <= self.anchor_share < 1):
+            raise ValueError("LearnerConfig: focus_share in (0, 1], anchor_share in [0, 1)")
+        if self.focus_share + self.anchor_share > 1:
+            raise ValueError("LearnerConfig: focus_share + anchor_share must be <= 1")
         if self.num_threads < 0:
             raise ValueError("LearnerConfig.num_threads must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:

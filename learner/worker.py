@@ -40,8 +40,9 @@ from learner.evaluation import (
     stored_score,
 )
 from learner.fsutil import write_dir_atomically
+from learner.mixing import BucketInfo, MixedBatch, bucket_catalog, compose_batch
 from learner.modeling import encode_examples, load_base, per_example_loss, pick_device
-from learner.pool import ExamplePool, TrainExample
+from learner.replay import ReplayConfig, ReplayStore
 from learner.store.db import write_transaction
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class LoopState:
     seen_per_bucket: dict[str, int] = field(default_factory=dict)
     rng: dict[str, Any] = field(default_factory=dict)
     last_loss: float | None = None
+    replay: dict[str, Any] = field(default_factory=dict)
 
 
 def lora_config(config: LearnerConfig) -> LoraConfig:
@@ -89,6 +91,7 @@ class Learner:
         model_dir: Path,
         base_model: str,
         holder: str | None = None,
+        replay: ReplayConfig | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -98,7 +101,8 @@ class Learner:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.device = pick_device(config.device)
         self.checkpoints = CheckpointDir(data_dir / "learner" / "checkpoints")
-        self.pool = ExamplePool()
+        self.replay_config = replay or ReplayConfig(seed=config.seed)
+        self.buckets: dict[str, BucketInfo] = {}
         self.state = LoopState()
         self.rng = np.random.default_rng(config.seed)
         self.paused = False
@@ -127,11 +131,15 @@ class Learner:
             lr=self.config.learning_rate,
             weight_decay=self.config.weight_decay,
         )
+        # The replay index is rebuilt from SQL; priorities flushed before a crash survive it.
+        self.store = ReplayStore(self.engine, self.replay_config)
         restored = self.checkpoints.restore(self.model, self.optimizer, self.device)
         if restored is not None:
             self.state = LoopState(**restored)
             self._checkpointed_step = self.state.step
             self.rng.bit_generator.state = self.state.rng
+            if self.state.replay:
+                self.store.load_state_dict(self.state.replay)
             log.info("resumed from checkpoint at step %d", self.state.step)
         self.model.train()
 
@@ -150,11 +158,13 @@ class Learner:
                     break
                 if not self.tick():
                     stop.wait(self.config.poll_seconds)
+            self.save_checkpoint()
         except LeaseLost:
             # Another learner owns the checkpoints now: write nothing more, just stop.
             log.warning("lost the training lease; stopping without a checkpoint")
             return
-        self.save_checkpoint()
+        finally:
+            self.store.close()  # flushes the pending priority updates
         lease.release(self.engine, self.holder)
 
     def tick(self) -> bool:
@@ -164,22 +174,41 @@ class Learner:
         with self.engine.connect() as conn:
             pending = control.has_pending(conn)
             self.paused = control.is_paused(conn)
-            self.pool.poll(conn)
+            self.buckets = bucket_catalog(conn)
         if pending:
             with write_transaction(self.engine) as conn:
                 control.acknowledge_pending(conn, "applied")
-        buckets = self.pool.trainable_buckets()
+        buckets = self.trainable_buckets()
         if self.paused or not buckets:
             return False
-        bucket_id = int(self.rng.choice(buckets))
-        batch = self.pool.sample(self.rng, bucket_id, self.config.batch_size)
-        self.train_step(bucket_id, batch)
+        # Focus: uniform over the trainable buckets for now (the teacher chooses later).
+        focus = buckets[int(self.rng.integers(len(buckets)))]
+        anchors = [b for b in buckets if self.buckets[b].kind == "alignment" and b != focus]
+        batch = compose_batch(
+            self.store,
+            self.rng,
+            focus,
+            anchors,
+            self.config.batch_size,
+            self.config.focus_share,
+            self.config.anchor_share,
+        )
+        self.train_step(self.buckets[focus], batch)
         if self.state.step % self.config.candidate_every == 0:
             self.make_candidate()
             self.save_checkpoint()
         elif self.state.step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
         return True
+
+    def trainable_buckets(self) -> list[str]:
+        """Active buckets with train examples in the replay index, by name."""
+        sizes = self.store.bucket_sizes()
+        return sorted(
+            name
+            for name, n in sizes.items()
+            if n > 0 and name in self.buckets and self.buckets[name].status == "active"
+        )
 
     def keep_lease(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -199,42 +228,49 @@ class Learner:
             "last_loss": self.state.last_loss,
             "last_version": self.state.last_version,
             "tokens_per_second": round(self._tokens_per_second, 1),
-            "buckets": len(self.pool.trainable_buckets()),
-            "train_examples": len(self.pool),
+            "buckets": len(self.buckets),
+            "train_examples": len(self.store) if hasattr(self, "store") else 0,
             "base_model": self.base_model,
             "device": str(self.device),
         }
 
-    def train_step(self, bucket_id: int, batch: list[TrainExample]) -> float:
+    def train_step(self, focus: BucketInfo, batch: MixedBatch) -> float:
+        """One LoRA step on an importance-weighted batch; losses become new priorities."""
         started = time.perf_counter()
         encoded = encode_examples(
-            self.tokenizer, [(e.prompt, e.target) for e in batch], self.config.max_length
+            self.tokenizer, [(e.prompt, e.target) for e in batch.examples], self.config.max_length
         ).to(self.device)
         losses = per_example_loss(self.model, encoded)  # (B,)
-        loss = losses.mean()
+        weights = torch.as_tensor(batch.weights, device=self.device)  # (B,), max 1
+        # Prioritized replay samples high-loss items more often; the importance weights
+        # undo that bias in the gradient (Schaul et al. 2015).
+        loss = (weights * losses).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
+        self.store.update_priorities(batch.ids, losses.detach().cpu().numpy())
 
         tokens = int(encoded.attention_mask.sum())
         elapsed = max(time.perf_counter() - started, 1e-9)
         self._tokens_per_second = 0.9 * self._tokens_per_second + 0.1 * tokens / elapsed
         st = self.state
         st.step += 1
-        st.examples_seen += len(batch)
+        st.examples_seen += len(batch.examples)
         st.tokens_seen += tokens
-        st.last_loss = float(loss.detach())
-        name = self.pool.bucket_names.get(bucket_id, str(bucket_id))
-        st.seen_per_bucket[name] = st.seen_per_bucket.get(name, 0) + len(batch)
-        if bucket_id not in st.trained_since_promotion:
-            st.trained_since_promotion.append(bucket_id)
+        st.last_loss = float(losses.detach().mean())
+        for example in batch.examples:
+            st.seen_per_bucket[example.bucket] = st.seen_per_bucket.get(example.bucket, 0) + 1
+        if focus.id not in st.trained_since_promotion:
+            st.trained_since_promotion.append(focus.id)
         return st.last_loss
 
     def save_checkpoint(self) -> None:
         if self.state.step == 0 or self.state.step == self._checkpointed_step:
             return  # nothing new to save
         self._checkpointed_step = self.state.step
+        self.store.flush()
+        self.state.replay = self.store.state_dict()
         self.state.rng = dict(self.rng.bit_generator.state)
         self.checkpoints.save(self.model, self.optimizer, self.state.__dict__)
 

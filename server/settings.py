@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.config import LearnerConfig
+from learner.replay.config import ReplayConfig
 from learner.store.ingest import IngestLimits
 
 
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default=1, ge=1)
     limits: LimitSettings = LimitSettings()
     learner: LearnerConfig = LearnerConfig()
+    replay: ReplayConfig = ReplayConfig()
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file inside the data directory."""

@@ -9,15 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from learner import control, lease, registry
 from learner.builtin import build_tokenizer
 from learner.config import LearnerConfig, LoraSettings
+from learner.mixing import stream_sizes
 from learner.modeling import encode_examples, load_base
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
+from learner.store.models import ReplayState
 from learner.tasks import make_examples
 from learner.worker import Learner, promotion_report
 
@@ -154,3 +156,33 @@ def test_trains_on_cuda(engine: Engine, tmp_path: Path, micro_model_dir: Path) -
     learner.run()
     assert learner.state.step == 4
     assert next(learner.model.parameters()).device.type == "cuda"
+
+
+def test_trains_through_the_replay_store(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    """Per-example losses become priorities in SQL; anchors come from alignment buckets."""
+    submit(engine, "copy-l1", "copy")
+    examples = make_examples("alignment", 40, 1, 0)
+    with write_transaction(engine) as conn:
+        ingest_batch(conn, "align", [NewExample(e["prompt"], e["target"]) for e in examples],
+                     kind="alignment")  # fmt: skip
+    learner = make_learner(engine, tmp_path, micro_model_dir, max_steps=6, candidate_every=100)
+    learner.run()
+    seen = learner.state.seen_per_bucket
+    assert set(seen) == {"copy-l1", "align"} and sum(seen.values()) == 6 * FAST.batch_size
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ReplayState.priority, ReplayState.last_loss, ReplayState.times_sampled)
+            .where(ReplayState.times_sampled > 0)
+        ).all()  # fmt: skip
+    assert rows, "no priority was written back"
+    for priority, last_loss, _ in rows:
+        assert priority == pytest.approx(last_loss + learner.replay_config.eps)
+
+
+def test_stream_sizes() -> None:
+    assert stream_sizes(16, 0.5, 0.2, has_anchor=True) == (8, 3, 5)
+    assert stream_sizes(16, 0.5, 0.2, has_anchor=False) == (8, 0, 8)
+    assert stream_sizes(1, 0.5, 0.2, has_anchor=True) == (1, 0, 0)
+    assert sum(stream_sizes(7, 0.9, 0.1, has_anchor=True)) == 7

@@ -1,0 +1,79 @@
+"""Batch composition: the focus bucket, prioritized replay of the others, alignment anchors.
+
+Each training batch mixes three streams drawn from the replay store (DESIGN section 4):
+``focus_share`` of it from the bucket chosen for this round, ``anchor_share`` from an
+alignment bucket (so the model keeps its alignment behaviour while it learns), and the
+rest by priority across all buckets (so old buckets are rehearsed). Each stream's
+importance weights come from its own sampling distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Connection, select
+
+from learner.replay import Batch, ReplayExample, ReplayStore
+from learner.store.models import Bucket
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """What the learner needs to know of a bucket besides its examples."""
+
+    id: int
+    name: str
+    kind: str
+    status: str
+
+
+def bucket_catalog(conn: Connection) -> dict[str, BucketInfo]:
+    rows = conn.execute(select(Bucket.id, Bucket.name, Bucket.kind, Bucket.status))
+    return {r.name: BucketInfo(r.id, r.name, r.kind, r.status) for r in rows}
+
+
+@dataclass
+class MixedBatch:
+    """The concatenated streams: ids ``[B]``, importance weights ``[B]``, examples."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+    examples: list[ReplayExample]
+
+    @classmethod
+    def concat(cls, parts: list[Batch]) -> MixedBatch:
+        return cls(
+            np.concatenate([p.ids for p in parts]),
+            np.concatenate([p.weights for p in parts]),
+            [e for p in parts for e in p.examples],
+        )
+
+
+def stream_sizes(
+    batch_size: int, focus_share: float, anchor_share: float, has_anchor: bool
+) -> tuple[int, int, int]:
+    """(focus, anchor, replay) counts summing to ``batch_size``; focus gets at least one."""
+    focus = max(1, round(batch_size * focus_share))
+    anchor = round(batch_size * anchor_share) if has_anchor else 0
+    anchor = min(anchor, batch_size - focus)
+    return focus, anchor, batch_size - focus - anchor
+
+
+def compose_batch(
+    store: ReplayStore,
+    rng: np.random.Generator,
+    focus: str,
+    anchors: list[str],
+    batch_size: int,
+    focus_share: float,
+    anchor_share: float,
+) -> MixedBatch:
+    """Draw one mixed batch; ``anchors`` are the alignment buckets other than the focus."""
+    n_focus, n_anchor, n_replay = stream_sizes(batch_size, focus_share, anchor_share, bool(anchors))
+    parts = [store.sample(n_focus, bucket=focus)]
+    if n_anchor:
+        parts.append(store.sample(n_anchor, bucket=anchors[int(rng.integers(len(anchors)))]))
+    if n_replay:
+        parts.append(store.sample(n_replay))
+    return MixedBatch.concat(parts)
