@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ingest clean venv
+.PHONY: run test lint bench bench-ingest bench-replay clean venv
 
 venv: $(STAMP)
 
@@ -32,7 +32,12 @@ lint: $(STAMP)
 bench-ingest: $(STAMP)
 	$(PY) bench/ingest.py --backend both
 
-bench: bench-ingest
+# cpprb (the C++ baseline of the replay benchmark) is a benchmark-only dependency.
+bench-replay: $(STAMP)
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/replay.py --backend both
+
+bench: bench-ingest bench-replay
 
 clean:
 	rm -rf $(VENV) lifelong-data .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,7 @@ def run_child(script: str, db_url: str, timeout: float = 60.0) -> subprocess.Pop
         [sys.executable, "-c", code + textwrap.dedent(script)],
         cwd=REPO_ROOT,
         env=env,
+        stdin=subprocess.PIPE,  # open and silent: input() in a child blocks until it is killed
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -140,6 +141,7 @@ def test_sigkill_without_flush_keeps_exactly_the_flushed_updates(
         db_url,
     )
     assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    assert child.poll() is None, "the child must still be running when it is killed"
     child.send_signal(signal.SIGKILL)
     child.wait(30)
     rows = replay_rows(engine)
