@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import secrets
 import shlex
 import signal
@@ -33,14 +32,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from common import fresh_database_url, machine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -141,22 +139,9 @@ def _wait_ready(server: Server, timeout: float) -> None:
 # --------------------------------------------------------------------------- databases
 
 
-@contextmanager
-def database(backend: str, work_dir: Path, postgres_url: str) -> Iterator[str]:
+def database(backend: str, work_dir: Path, postgres_url: str) -> AbstractContextManager[str]:
     """A fresh, empty database for one run (the server migrates it); dropped afterwards."""
-    if backend == "sqlite":
-        yield f"sqlite:///{work_dir / 'bench.db'}"
-        return
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"lifelong_bench_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    return fresh_database_url(backend, work_dir, postgres_url)
 
 
 # --------------------------------------------------------------------------- load
@@ -279,22 +264,6 @@ def run_backend(backend: str, args: argparse.Namespace, base_model: str) -> dict
             "max": round(1000 * max(load.latencies_s), 1),
             "mean": round(1000 * statistics.fmean(load.latencies_s), 1),
         },
-    }
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -18,25 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import secrets
 import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cpprb import PrioritizedReplayBuffer
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+from common import fresh_database_url, machine  # noqa: E402
 
 from learner.replay import ReplayStore  # noqa: E402
 from learner.store.db import make_engine, upgrade, write_transaction  # noqa: E402
@@ -54,27 +53,13 @@ BLOCK_ROUNDS = 100  # rounds per block; blocks alternate between the store and c
 @contextmanager
 def database(backend: str, work_dir: Path, postgres_url: str) -> Iterator[Engine]:
     """A fresh migrated database for one run; a PostgreSQL one is dropped afterwards."""
-    if backend == "sqlite":
-        engine = make_engine(f"sqlite:///{work_dir / 'replay.db'}")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    name = f"lifelong_bench_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    engine = make_engine(
-        make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    )
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with fresh_database_url(backend, work_dir, postgres_url) as url:
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            yield engine
+        finally:
+            engine.dispose()
 
 
 def train_examples(bucket: str, n: int) -> list[NewExample]:
@@ -213,23 +198,6 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    with suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "replay.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -293,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     command = shlex.join(["python", "bench/replay.py", *(sys.argv[1:] if argv is None else argv)])
-    started = machine()
+    started = machine(numpy=np.__version__)
     results = [run_backend(backend, args) for backend in backends]
     report = {
         "benchmark": "replay",
