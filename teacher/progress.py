@@ -1,0 +1,135 @@
+"""Learning-progress signals, one tracker per arm (task bucket), keyed by arm name.
+
+All three are pure and keep explicit, JSON-serialisable state:
+
+- `ProbeProgress`: absolute learning progress |score_t - score_{t-k}| of probe accuracy between
+  evaluations (ALP, Portelas et al. 2019). Absolute, so forgetting also attracts attention.
+- `EmaProgress`: fast EMA minus slow EMA of the training loss (TSCL "online", Matiisen et al.
+  2017, arXiv 1707.00183).
+- `WindowSlope`: slope of a linear fit over the last K (step, value) pairs (TSCL "window");
+  an arm with fewer than 2 points gets slope 1 to force exploration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ProbeProgress:
+    """Absolute learning progress of probe accuracy between evaluations (ALP)."""
+
+    def __init__(self, k: int = 1, keep: int = 32) -> None:
+        if k < 1 or keep <= k:
+            raise ValueError("need k >= 1 and keep > k")
+        self.k, self.keep = k, keep
+        self.history: dict[str, list[float]] = {}
+
+    def observe(self, arm: str, score: float) -> float | None:
+        """Record a probe score; return the new ALP, or None while there is too little history."""
+        h = self.history.setdefault(arm, [])
+        h.append(float(score))
+        del h[: -self.keep]
+        return self.progress(arm)
+
+    def progress(self, arm: str) -> float | None:
+        h = self.history.get(arm, [])
+        if len(h) <= self.k:
+            return None
+        return abs(h[-1] - h[-1 - self.k])
+
+    def last(self, arm: str) -> float | None:
+        h = self.history.get(arm)
+        return h[-1] if h else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "keep": self.keep,
+            "history": {a: list(h) for a, h in self.history.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.k, self.keep = int(state["k"]), int(state["keep"])
+        self.history = {a: [float(x) for x in h] for a, h in state["history"].items()}
+
+
+class EmaProgress:
+    """Fast-minus-slow EMA of the training loss (TSCL online). Negative while loss falls."""
+
+    def __init__(self, fast: float = 0.5, slow: float = 0.1) -> None:
+        if not 0.0 < slow < fast <= 1.0:
+            raise ValueError("need 0 < slow < fast <= 1")
+        self.fast, self.slow = fast, slow
+        self.emas: dict[str, list[float]] = {}  # arm -> [fast_ema, slow_ema]
+
+    def observe(self, arm: str, loss: float) -> float:
+        """Fold in one loss value; return the signed progress fast - slow."""
+        loss = float(loss)
+        e = self.emas.get(arm)
+        if e is None:
+            e = self.emas[arm] = [loss, loss]  # start both at the first value: no fake progress
+        else:
+            e[0] += self.fast * (loss - e[0])
+            e[1] += self.slow * (loss - e[1])
+        return e[0] - e[1]
+
+    def progress(self, arm: str) -> float | None:
+        e = self.emas.get(arm)
+        return None if e is None else e[0] - e[1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fast": self.fast,
+            "slow": self.slow,
+            "emas": {a: list(e) for a, e in self.emas.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fast, self.slow = float(state["fast"]), float(state["slow"])
+        self.emas = {a: [float(x) for x in e] for a, e in state["emas"].items()}
+
+
+class WindowSlope:
+    """Slope of a least-squares line over each arm's last `window` (step, value) pairs."""
+
+    def __init__(self, window: int = 8) -> None:
+        if window < 2:
+            raise ValueError("window must be >= 2")
+        self.window = window
+        self.points: dict[str, list[list[float]]] = {}  # arm -> [[step, value], ...]
+
+    def observe(self, arm: str, step: float, value: float) -> float:
+        p = self.points.setdefault(arm, [])
+        p.append([float(step), float(value)])
+        del p[: -self.window]
+        return self.slope(arm)
+
+    def next_step(self, arm: str) -> float:
+        """One past the arm's last step: for counting evaluations rather than wall time."""
+        p = self.points.get(arm)
+        return p[-1][0] + 1.0 if p else 0.0
+
+    def count(self, arm: str) -> int:
+        return len(self.points.get(arm, []))
+
+    def slope(self, arm: str) -> float:
+        """TSCL window slope; 1.0 with fewer than 2 points (forces exploration)."""
+        p = self.points.get(arm, [])
+        if len(p) < 2:
+            return 1.0
+        x, y = np.asarray(p).T
+        dx = x - x.mean()
+        denom = float(dx @ dx)
+        return 0.0 if denom == 0.0 else float(dx @ (y - y.mean()) / denom)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "points": {a: [list(q) for q in p] for a, p in self.points.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window = int(state["window"])
+        self.points = {a: [[float(s), float(v)] for s, v in p] for a, p in state["points"].items()}
