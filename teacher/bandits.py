@@ -12,6 +12,21 @@ from scipy.special import logsumexp, softmax
 from teacher.base import UNTRIED, Decision, Policy, PolicyConfig, RewardWindow, argmax, ucb_bonus
 
 
+class _RewardWindowPolicy(Policy):
+    """A policy whose whole memory is a :class:`RewardWindow` of recent rewards per arm."""
+
+    rewards: RewardWindow
+
+    def update(self, arm: str, reward: float) -> None:
+        self.rewards.add(arm, self.t, reward)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"rewards": self.rewards.state_dict()}
+
+    def _load_extra(self, state: dict[str, Any]) -> None:
+        self.rewards.load_state_dict(state["rewards"])
+
+
 @dataclass
 class UcbConfig(PolicyConfig):
     c: float = 0.1
@@ -24,7 +39,7 @@ class UcbConfig(PolicyConfig):
             raise ValueError("need c >= 0, window >= 1, 0 < gamma <= 1")
 
 
-class Ucb(Policy):
+class Ucb(_RewardWindowPolicy):
     """Sliding-window / discounted UCB (Garivier & Moulines 2011) on the progress reward:
     mean_i + c * sqrt(log N / n_i); untried arms first."""
 
@@ -47,15 +62,6 @@ class Ucb(Policy):
         arm = argmax(scores, rng)
         why = "untried" if scores[arm] == UNTRIED else f"highest UCB {scores[arm]:.4f}"
         return Decision(arm, scores, f"ucb: {arm!r} {why}")
-
-    def update(self, arm: str, reward: float) -> None:
-        self.rewards.add(arm, self.t, reward)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"rewards": self.rewards.state_dict()}
-
-    def _load_extra(self, state: dict[str, Any]) -> None:
-        self.rewards.load_state_dict(state["rewards"])
 
 
 @dataclass
@@ -155,7 +161,7 @@ class ThompsonConfig(PolicyConfig):
             raise ValueError("keep must be >= 1")
 
 
-class Thompson(Policy):
+class Thompson(_RewardWindowPolicy):
     """TSCL sampling teacher (Matiisen et al. 2017): draw one recent reward per arm and take
     the largest absolute value, so forgotten tasks come back; arms without rewards first."""
 
@@ -175,12 +181,3 @@ class Thompson(Policy):
         arm = argmax(scores, rng)
         why = "untried" if scores[arm] == UNTRIED else f"largest sampled |reward| {scores[arm]:.4f}"
         return Decision(arm, scores, f"thompson: {arm!r} {why}")
-
-    def update(self, arm: str, reward: float) -> None:
-        self.rewards.add(arm, self.t, reward)
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"rewards": self.rewards.state_dict()}
-
-    def _load_extra(self, state: dict[str, Any]) -> None:
-        self.rewards.load_state_dict(state["rewards"])
