@@ -103,6 +103,7 @@ def test_pause_stops_training(engine: Engine, tmp_path: Path, micro_model_dir: P
     with write_transaction(engine) as conn:
         control.submit_command(conn, "resume", "test")
     assert learner.tick() is True and learner.state.step == 1
+    learner.store.close()
     lease.release(engine, learner.holder)
 
 
