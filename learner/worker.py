@@ -132,8 +132,9 @@ class Learner:
             weight_decay=self.config.weight_decay,
         )
         # The replay index is rebuilt from SQL; priorities flushed before a crash survive it.
-        if getattr(self, "store", None) is not None:
-            self.store.close()  # set up again: stop the old store's write-behind thread
+        old_store: ReplayStore | None = getattr(self, "store", None)
+        if old_store is not None:
+            old_store.close()  # set up again: stop the old store's write-behind thread
         self.store = ReplayStore(self.engine, self.replay_config)
         restored = self.checkpoints.restore(self.model, self.optimizer, self.device)
         if restored is not None:
