@@ -24,7 +24,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     # SQLite hands back naive datetimes; everything here is stored as UTC.
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -44,7 +44,7 @@ def try_acquire(engine: Engine, holder: str, ttl: float, name: str = LEASE_NAME)
                     )
                 )
                 return True
-            if row.holder != holder and _aware(row.heartbeat_at) > now - timedelta(seconds=ttl):
+            if row.holder != holder and as_utc(row.heartbeat_at) > now - timedelta(seconds=ttl):
                 return False
             result = conn.execute(
                 update(LearnerLease)

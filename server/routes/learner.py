@@ -38,8 +38,7 @@ def get_learner(conn: ReadConn, state: State, _: Reader) -> LearnerOut:
         return LearnerOut(
             holder=None, alive=False, heartbeat_age_seconds=None, paused=paused, status={}
         )
-    beat = row.heartbeat_at if row.heartbeat_at.tzinfo else row.heartbeat_at.replace(tzinfo=UTC)
-    age = (datetime.now(UTC) - beat).total_seconds()
+    age = (datetime.now(UTC) - lease.as_utc(row.heartbeat_at)).total_seconds()
     return LearnerOut(
         holder=row.holder,
         alive=age < state.settings.learner.lease_seconds,
