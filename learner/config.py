@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
 
 
 def _positive(obj: object, *names: str) -> None:
     for name in names:
         if getattr(obj, name) <= 0:
             raise ValueError(f"{type(obj).__name__}.{name} must be positive")
+
+
+def _json_if_text(value: Any) -> Any:
+    """Environment variables arrive as text: ``LIFELONG_TEACHER__OPTIONS='{"c": 0.05}'``."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _list_if_text(value: Any) -> Any:
+    """A JSON list, or comma-separated entries: ``LIFELONG_DIFFICULTY__MEMBERS=a,b``."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+# Plain types for Python callers; pydantic (settings at the edge) honours the validators.
+JsonDict = Annotated[dict[str, Any], BeforeValidator(_json_if_text)]
+TextList = Annotated[tuple[str, ...], BeforeValidator(_list_if_text)]
 
 
 @dataclass(frozen=True)
@@ -101,3 +124,62 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How the learner consults the teacher (``teacher/``): the policy and its rounds.
+
+    A round is ``round_steps`` training steps with the focus bucket the policy chose; at its
+    end the focus bucket's probes (at most ``eval_probes``) are evaluated and the accuracy
+    and mean loss are fed back to the policy as learning progress.
+    """
+
+    policy: str = "lp_zpd"
+    options: JsonDict = field(default_factory=dict)  # fields of the policy's config
+    round_steps: int = 20
+    eval_probes: int = 32
+    snapshots_kept: int = 10  # teacher_state rows kept (the newest is the current one)
+
+    def __post_init__(self) -> None:
+        from teacher.policies import make_policy
+
+        _positive(self, "round_steps", "eval_probes", "snapshots_kept")
+        try:
+            make_policy(self.policy, dict(self.options))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"TeacherConfig: {exc}") from exc
+
+
+IRT_MODELS = ("1pl", "2pl")
+
+
+@dataclass(frozen=True)
+class DifficultyConfig:
+    """The difficulty ensemble: which members score new examples, and when IRT is refit.
+
+    ``members`` lists extra ensemble members besides the base model (and, for a builtin
+    base, its bootstrap checkpoints): a local Hugging Face model directory, or an
+    OpenAI-compatible endpoint written ``openai:<model>@<base url>`` (for example
+    ``openai:lifelong@http://10.0.0.5:8000/v1``), asked with ``api_key`` if one is set.
+    """
+
+    enabled: bool = True
+    members: TextList = ()
+    include_builtin_checkpoints: bool = True
+    api_key: str = field(default="", repr=False)  # never in logs or provenance
+    batch_size: int = 32
+    max_new_tokens: int = 32
+    irt_model: str = "1pl"
+    # Refit when the number of scored examples grew by this share since the last fit.
+    refit_growth: float = 0.25
+    min_items: int = 8
+    idle_seconds: float = 2.0
+    request_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "max_new_tokens", "min_items", "request_timeout")
+        if self.irt_model not in IRT_MODELS:
+            raise ValueError(f"DifficultyConfig.irt_model must be one of {IRT_MODELS}")
+        if self.refit_growth < 0 or self.idle_seconds < 0:
+            raise ValueError("DifficultyConfig: refit_growth and idle_seconds must be >= 0")

@@ -27,21 +27,54 @@ class ProbeSet:
     bucket: str
     grader: str
     examples: tuple[tuple[str, str], ...]
+    ids: tuple[int, ...] = ()
+
+    def head(self, n: int) -> ProbeSet:
+        """The first ``n`` probes (a smaller, still stable set)."""
+        return ProbeSet(self.bucket_id, self.bucket, self.grader, self.examples[:n], self.ids[:n])
 
 
 def load_probe_sets(conn: Connection, bucket_ids: Sequence[int], limit: int) -> list[ProbeSet]:
     sets = []
     for bucket in conn.execute(select(Bucket.__table__).where(Bucket.id.in_(bucket_ids))):
         rows = conn.execute(
-            select(Example.prompt, Example.target)
+            select(Example.id, Example.prompt, Example.target)
             .where(Example.bucket_id == bucket.id, Example.split == "probe")
             .order_by(Example.id)
             .limit(limit)
         ).all()
         if rows:
             examples = tuple((r.prompt, r.target) for r in rows)
-            sets.append(ProbeSet(bucket.id, bucket.name, bucket.grader, examples))
+            ids = tuple(r.id for r in rows)
+            sets.append(ProbeSet(bucket.id, bucket.name, bucket.grader, examples, ids))
     return sets
+
+
+def answers_correct(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    grader: str,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[bool]:
+    """Whether the model's greedy completion of each prompt is accepted by ``grader``."""
+    if not examples:
+        return []
+    grade = get_grader(grader)
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in examples)
+    params = GenerationParams(max_new_tokens=min(max_new_tokens, longest + 2))
+    was_training = model.training
+    model.eval()
+    correct: list[bool] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        answers = generate(model, tokenizer, [p for p, _ in chunk], params)
+        correct += [
+            bool(grade(text, target)) for (text, _), (_, target) in zip(answers, chunk, strict=True)
+        ]
+    model.train(was_training)
+    return correct
 
 
 def probe_accuracy(
@@ -49,25 +82,10 @@ def probe_accuracy(
     tokenizer: PreTrainedTokenizerBase,
     probes: ProbeSet,
     max_new_tokens: int,
-    batch_size: int = 64,
 ) -> float:
     """Share of probes whose greedy completion the bucket's grader accepts."""
-    grade = get_grader(probes.grader)
-    longest = max(
-        len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in probes.examples
-    )
-    params = GenerationParams(max_new_tokens=min(max_new_tokens, longest + 2))
-    was_training = model.training
-    model.eval()
-    hits = 0
-    for start in range(0, len(probes.examples), batch_size):
-        chunk = probes.examples[start : start + batch_size]
-        answers = generate(model, tokenizer, [p for p, _ in chunk], params)
-        hits += sum(
-            grade(text, target) for (text, _), (_, target) in zip(answers, chunk, strict=True)
-        )
-    model.train(was_training)
-    return hits / len(probes.examples)
+    correct = answers_correct(model, tokenizer, probes.examples, probes.grader, max_new_tokens)
+    return sum(correct) / len(correct)
 
 
 def stored_score(conn: Connection, version: int | None, probes: ProbeSet) -> float | None:

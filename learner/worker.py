@@ -2,13 +2,17 @@
 
 One round of the loop (``Learner.tick``)::
 
-    heartbeat the lease -> apply control commands -> poll new examples -> pick a bucket
-    -> sample a batch -> one LoRA step -> every `checkpoint_every` steps a checkpoint
+    heartbeat the lease -> apply control commands -> poll new examples -> the teacher
+    picks the round's focus bucket -> sample a batch -> one LoRA step -> at the end of a
+    round, evaluate the focus bucket's probes and feed the progress to the teacher
+    -> every `checkpoint_every` steps a checkpoint
     -> every `candidate_every` steps a candidate version, evaluated on the probes of the
        buckets trained since the active version, promoted if it raises their mean accuracy
 
-The database is the only channel to the server. A killed worker restarts from its newest
-checkpoint (step counter, optimizer, sampling RNG and the adapter weights all restored).
+Meanwhile a background thread scores new examples with the difficulty ensemble
+(:mod:`learner.difficulty`). The database is the only channel to the server. A killed
+worker restarts from its newest checkpoint (step counter, optimizer, sampling RNG, replay
+index, teacher state and the adapter weights all restored).
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from sqlalchemy import Connection, Engine
 
 from learner import control, lease, registry
 from learner.checkpoint import CheckpointDir
-from learner.config import LearnerConfig
+from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
+from learner.curriculum import Curriculum
+from learner.difficulty import DifficultyScorer, EnsembleContext, build_members
 from learner.evaluation import (
     ProbeSet,
+    answers_correct,
     load_probe_sets,
     probe_accuracy,
     store_score,
@@ -42,8 +49,11 @@ from learner.evaluation import (
 from learner.fsutil import write_dir_atomically
 from learner.mixing import BucketInfo, MixedBatch, bucket_catalog, compose_batch
 from learner.modeling import encode_examples, load_base, per_example_loss, pick_device
+from learner.promotion import promotion_report
 from learner.replay import ReplayConfig, ReplayStore
 from learner.store.db import write_transaction
+from learner.store.difficulty import bucket_difficulties, item_parameters
+from learner.store.teacher import record_decision, save_snapshot
 
 log = logging.getLogger(__name__)
 Evaluator = Callable[[ProbeSet], float]
@@ -66,6 +76,7 @@ class LoopState:
     rng: dict[str, Any] = field(default_factory=dict)
     last_loss: float | None = None
     replay: dict[str, Any] = field(default_factory=dict)
+    teacher: dict[str, Any] = field(default_factory=dict)
 
 
 def lora_config(config: LearnerConfig) -> LoraConfig:
@@ -92,6 +103,8 @@ class Learner:
         base_model: str,
         holder: str | None = None,
         replay: ReplayConfig | None = None,
+        teacher: TeacherConfig | None = None,
+        difficulty: DifficultyConfig | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -102,6 +115,9 @@ class Learner:
         self.device = pick_device(config.device)
         self.checkpoints = CheckpointDir(data_dir / "learner" / "checkpoints")
         self.replay_config = replay or ReplayConfig(seed=config.seed)
+        self.curriculum = Curriculum(teacher or TeacherConfig(), config.seed)
+        self.difficulty_config = difficulty  # None: no ensemble scoring
+        self.scorer: DifficultyScorer | None = None
         self.buckets: dict[str, BucketInfo] = {}
         self.state = LoopState()
         self.rng = np.random.default_rng(config.seed)
@@ -143,6 +159,8 @@ class Learner:
             self.rng.bit_generator.state = self.state.rng
             if self.state.replay:
                 self.store.load_state_dict(self.state.replay)
+            if self.state.teacher:
+                self.curriculum.load_state_dict(self.state.teacher)
             log.info("resumed from checkpoint at step %d", self.state.step)
         self.model.train()
 
@@ -155,6 +173,7 @@ class Learner:
             return
         self.setup()
         self.keep_lease(force=True)
+        self.start_scorer()
         try:
             while not stop.is_set():
                 if self.config.max_steps is not None and self.state.step >= self.config.max_steps:
@@ -167,6 +186,7 @@ class Learner:
             log.warning("lost the training lease; stopping without a checkpoint")
             return
         finally:
+            self.stop_scorer()
             self.store.close()  # flushes the pending priority updates
         lease.release(self.engine, self.holder)
 
@@ -184,8 +204,7 @@ class Learner:
         buckets = self.trainable_buckets()
         if self.paused or not buckets:
             return False
-        # Focus: uniform over the trainable buckets for now (the teacher chooses later).
-        focus = buckets[int(self.rng.integers(len(buckets)))]
+        focus = self.round_focus(buckets)
         anchors = [b for b in buckets if self.buckets[b].kind == "alignment" and b != focus]
         batch = compose_batch(
             self.store,
@@ -196,13 +215,88 @@ class Learner:
             self.config.focus_share,
             self.config.anchor_share,
         )
-        self.train_step(self.buckets[focus], batch)
+        losses = self.train_step(self.buckets[focus], batch)
+        in_focus = [e.bucket == focus for e in batch.examples]
+        self.curriculum.record_loss(float(losses[in_focus].mean()))
+        if self.curriculum.round_complete():
+            self.end_round()
         if self.state.step % self.config.candidate_every == 0:
             self.make_candidate()
             self.save_checkpoint()
         elif self.state.step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
         return True
+
+    # --- the teacher ---------------------------------------------------------------------
+
+    def round_focus(self, arms: list[str]) -> str:
+        """The focus bucket: the running round's, or a new decision of the teacher."""
+        if self.curriculum.needs_decision(arms):
+            self.refresh_difficulty()
+            ids = {a: self.buckets[a].id for a in arms}
+            return self.curriculum.decide(arms, ids, self.state.step).arm
+        assert self.curriculum.current is not None
+        return self.curriculum.current.arm
+
+    def refresh_difficulty(self) -> None:
+        """Bucket difficulties from the newest IRT fit (the scorer refits in the background)."""
+        with self.engine.connect() as conn:
+            fitted = bucket_difficulties(conn)
+        names = {info.id: name for name, info in self.buckets.items()}
+        self.curriculum.set_difficulties(
+            {names[i]: d.difficulty for i, d in fitted.items() if i in names}
+        )
+
+    def end_round(self) -> None:
+        """Evaluate the round's focus bucket, feed the teacher, store the decision."""
+        assert self.curriculum.current is not None
+        bucket_id = self.curriculum.current.bucket_id
+        with self.engine.connect() as conn:
+            probe_sets = load_probe_sets(conn, [bucket_id], self.curriculum.config.eval_probes)
+        accuracy, answers = None, {}
+        if probe_sets:  # a bucket without probes is judged by its training loss alone
+            probes = probe_sets[0]
+            self.keep_lease()
+            correct = answers_correct(
+                self.model,
+                self.tokenizer,
+                probes.examples,
+                probes.grader,
+                self.config.max_new_tokens,
+            )
+            accuracy = sum(correct) / len(correct)
+            answers = dict(zip(probes.ids, correct, strict=True))
+        record = self.curriculum.finish_round(self.state.step, accuracy, answers)
+        with self.engine.connect() as conn:
+            params = item_parameters(conn, list(self.curriculum.evidence))
+        self.curriculum.update_ability(params)
+        with self.fenced_transaction() as conn:
+            record_decision(conn, record)
+
+    def start_scorer(self) -> None:
+        """Score examples with the difficulty ensemble in a background thread."""
+        config = self.difficulty_config
+        if config is None or not config.enabled:
+            return
+        context = EnsembleContext(
+            self.base_model, self.model_dir, self.device, self.config.max_length
+        )
+        try:
+            members = build_members(config, context)
+        except ValueError as exc:  # a misconfigured member must not stop the training
+            log.error("difficulty scoring is off: %s", exc)
+            return
+        self.scorer = DifficultyScorer(self.engine, members, config)
+        self.scorer.start()
+
+    def stop_scorer(self) -> None:
+        if self.scorer is not None:
+            self.scorer.stop()
+
+    def teacher_snapshot(self) -> dict[str, Any]:
+        snapshot = self.curriculum.snapshot()
+        snapshot["ensemble"] = self.scorer.summary if self.scorer is not None else None
+        return snapshot
 
     def trainable_buckets(self) -> list[str]:
         """Active buckets with train examples in the replay index, by name."""
@@ -235,10 +329,17 @@ class Learner:
             "train_examples": len(self.store) if hasattr(self, "store") else 0,
             "base_model": self.base_model,
             "device": str(self.device),
+            "teacher": {
+                "policy": self.curriculum.policy.name,
+                "focus": None if self.curriculum.current is None else self.curriculum.current.arm,
+                "learner_ability": self.curriculum.ability,
+            },
         }
 
-    def train_step(self, focus: BucketInfo, batch: MixedBatch) -> float:
-        """One LoRA step on an importance-weighted batch; losses become new priorities."""
+    def train_step(self, focus: BucketInfo, batch: MixedBatch) -> np.ndarray:
+        """One LoRA step on an importance-weighted batch; losses become new priorities.
+
+        Returns the per-example losses ``[B]``."""
         started = time.perf_counter()
         encoded = encode_examples(
             self.tokenizer, [(e.prompt, e.target) for e in batch.examples], self.config.max_length
@@ -252,7 +353,8 @@ class Learner:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        self.store.update_priorities(batch.ids, losses.detach().cpu().numpy())
+        per_example = losses.detach().cpu().numpy()  # (B,)
+        self.store.update_priorities(batch.ids, per_example)
 
         tokens = int(encoded.attention_mask.sum())
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -261,12 +363,12 @@ class Learner:
         st.step += 1
         st.examples_seen += len(batch.examples)
         st.tokens_seen += tokens
-        st.last_loss = float(losses.detach().mean())
+        st.last_loss = float(per_example.mean())
         for example in batch.examples:
             st.seen_per_bucket[example.bucket] = st.seen_per_bucket.get(example.bucket, 0) + 1
         if focus.id not in st.trained_since_promotion:
             st.trained_since_promotion.append(focus.id)
-        return st.last_loss
+        return per_example
 
     def save_checkpoint(self) -> None:
         if self.state.step == 0 or self.state.step == self._checkpointed_step:
@@ -275,7 +377,16 @@ class Learner:
         self.store.flush()
         self.state.replay = self.store.state_dict()
         self.state.rng = dict(self.rng.bit_generator.state)
+        self.state.teacher = self.curriculum.state_dict()
         self.checkpoints.save(self.model, self.optimizer, self.state.__dict__)
+        with self.fenced_transaction() as conn:
+            save_snapshot(
+                conn,
+                self.state.step,
+                self.curriculum.policy.name,
+                self.teacher_snapshot(),
+                self.curriculum.config.snapshots_kept,
+            )
 
     # --- versions ----------------------------------------------------------------------
 
@@ -388,38 +499,3 @@ class Learner:
             registry.set_status(conn, version, status, report)
         log.info("candidate v%d at step %d: %s", version, step, report["reason"])
         return report
-
-
-def promotion_report(
-    candidate: dict[str, float],
-    reference: dict[str, float],
-    reference_version: int | None,
-    min_gain: float,
-) -> dict[str, Any]:
-    """Promote when the candidate's mean probe accuracy beats the reference's by min_gain."""
-    ref_name = "base" if reference_version is None else f"v{reference_version}"
-    report: dict[str, Any] = {
-        "candidate": candidate,
-        "reference": reference,
-        "reference_version": reference_version,
-        "min_gain": min_gain,
-    }
-    if not candidate:
-        report.update(promote=False, reason="no probes in the trained buckets yet")
-        return report
-    cand_mean = float(np.mean(list(candidate.values())))
-    ref_mean = float(np.mean([reference[b] for b in candidate]))
-    gain = cand_mean - ref_mean
-    promote = gain > min_gain
-    verdict = "promoted" if promote else "kept as candidate"
-    report.update(
-        candidate_mean=cand_mean,
-        reference_mean=ref_mean,
-        gain=gain,
-        promote=promote,
-        reason=(
-            f"{verdict}: mean probe accuracy {cand_mean:.3f} vs {ref_name} {ref_mean:.3f} "
-            f"on {len(candidate)} trained bucket(s) (gain {gain:+.3f}, needs > {min_gain})"
-        ),
-    )
-    return report

@@ -95,7 +95,14 @@ def cmd_learner(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     model_dir = resolve_base_model(settings.base_model, settings.data_dir)
     learner = Learner(
-        engine, config, settings.data_dir, model_dir, settings.base_model, replay=settings.replay
+        engine,
+        config,
+        settings.data_dir,
+        model_dir,
+        settings.base_model,
+        replay=settings.replay,
+        teacher=settings.teacher,
+        difficulty=settings.difficulty,
     )
     print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
     learner.run(stop)

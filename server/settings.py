@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from learner.config import LearnerConfig
+from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
 from learner.replay.config import ReplayConfig
 from learner.store.ingest import IngestLimits
 
@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    difficulty: DifficultyConfig = DifficultyConfig()
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file inside the data directory."""

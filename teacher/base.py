@@ -102,6 +102,12 @@ class Policy:
     def update(self, arm: str, reward: float) -> None:
         """Feed a reward for `arm` (the baselines ignore it)."""
 
+    def set_difficulty(self, arm: str, b: float) -> None:
+        """Bucket difficulty b on the IRT scale (only difficulty-aware policies use it)."""
+
+    def set_ability(self, theta: float | None) -> None:
+        """The learner's IRT ability (only difficulty-aware policies use it)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

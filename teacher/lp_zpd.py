@@ -72,6 +72,9 @@ class LpZpd(Policy):
         """The learner's current IRT ability, on the same scale as the difficulties."""
         self.theta = None if theta is None else float(theta)
 
+    def update(self, arm: str, reward: float) -> None:
+        self.rewards.add(arm, self.t, reward)
+
     def _accuracy_reward(self, arm: str, accuracy: float) -> float | None:
         self.probe.observe(arm, accuracy)
         slope = self.slopes.observe(arm, self.slopes.next_step(arm), accuracy)

@@ -211,9 +211,18 @@ class TeacherDecision(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     step: Mapped[int] = mapped_column(Integer, index=True)
-    bucket_id: Mapped[int | None] = mapped_column(ForeignKey("buckets.id", ondelete="SET NULL"))
+    bucket_id: Mapped[int | None] = mapped_column(
+        ForeignKey("buckets.id", ondelete="SET NULL"), index=True
+    )
     scores: Mapped[dict[str, Any]] = mapped_column()
     reason: Mapped[str] = mapped_column(Text)
+    # The round's outcome, filled in when the round ends: the focus bucket's probe accuracy
+    # and mean training loss after the round, and the progress reward the policy got.
+    policy: Mapped[str | None] = mapped_column(String(32))
+    steps: Mapped[int | None] = mapped_column(Integer)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    reward: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created_at()
 
 

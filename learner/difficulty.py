@@ -1,0 +1,287 @@
+"""The difficulty ensemble: models of different capability answer every example, and an
+item-response model fitted to their answers gives each example a difficulty (PUDF's
+"artificial crowd"; the fit itself is the pure :mod:`teacher.difficulty`).
+
+Members:
+- the base model, and for ``builtin:<preset>`` its bootstrap checkpoints (weaker stages of
+  the same model): ``LocalMember``;
+- any local Hugging Face model directory: ``LocalMember``;
+- any OpenAI-compatible endpoint, ``openai:<model>@<base url>``: ``EndpointMember``.
+
+``DifficultyScorer`` runs in a background thread of the learner process: it answers new
+examples in batches, stores the answers (``difficulty_scores``) and refits the IRT model
+(``item_difficulty``) whenever the answered set grew by ``refit_growth``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from sqlalchemy import Engine
+
+from learner.builtin import BUILTIN_PREFIX, builtin_checkpoints
+from learner.config import DifficultyConfig
+from learner.evaluation import answers_correct
+from learner.graders import get_grader
+from learner.modeling import encode_examples, load_base, per_example_loss
+from learner.store.db import write_transaction
+from learner.store.difficulty import (
+    MemberAnswer,
+    PendingExample,
+    answer_matrix,
+    count_answered,
+    insert_answers,
+    pending_examples,
+    replace_item_fit,
+)
+from teacher.difficulty import fit_irt
+
+log = logging.getLogger(__name__)
+OPENAI_PREFIX = "openai:"
+
+
+class Member(Protocol):
+    """An ensemble member: answers examples, each judged by its bucket's grader."""
+
+    name: str
+
+    def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]: ...
+
+
+def _by_grader(items: Sequence[PendingExample]) -> dict[str, list[PendingExample]]:
+    groups: dict[str, list[PendingExample]] = defaultdict(list)
+    for item in items:
+        groups[item.grader].append(item)
+    return groups
+
+
+class LocalMember:
+    """A local Hugging Face causal LM, loaded on first use; greedy answers + log-likelihood."""
+
+    def __init__(
+        self, name: str, path: Path, device: torch.device, max_new_tokens: int, max_length: int
+    ) -> None:
+        self.name, self.path, self.device = name, path, device
+        self.max_new_tokens, self.max_length = max_new_tokens, max_length
+        self._loaded: tuple[Any, Any] | None = None
+
+    def _model(self) -> tuple[Any, Any]:
+        if self._loaded is None:
+            model, tokenizer = load_base(self.path, self.device)
+            self._loaded = (model.eval(), tokenizer)
+        return self._loaded
+
+    @torch.no_grad()
+    def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
+        model, tokenizer = self._model()
+        out = []
+        for grader, group in _by_grader(items).items():
+            pairs = [(i.prompt, i.target) for i in group]
+            correct = answers_correct(model, tokenizer, pairs, grader, self.max_new_tokens)
+            encoded = encode_examples(tokenizer, pairs, self.max_length).to(self.device)
+            logprob = (-per_example_loss(model, encoded)).tolist()  # (B,) mean over target tokens
+            out += [
+                MemberAnswer(i.id, self.name, c, lp)
+                for i, c, lp in zip(group, correct, logprob, strict=True)
+            ]
+        return out
+
+
+class EndpointMember:
+    """An OpenAI-compatible ``/completions`` endpoint, asked greedily (correctness only)."""
+
+    def __init__(
+        self, name: str, model: str, base_url: str, api_key: str, max_tokens: int, timeout: float
+    ) -> None:
+        self.name, self.model, self.base_url = name, model, base_url.rstrip("/")
+        self.api_key, self.max_tokens, self.timeout = api_key, max_tokens, timeout
+
+    def _complete(self, prompts: list[str]) -> list[str]:
+        body = {"model": self.model, "prompt": prompts, "max_tokens": self.max_tokens}
+        body["temperature"] = 0
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            f"{self.base_url}/completions", json.dumps(body).encode(), headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            choices = json.load(response)["choices"]
+        texts = [""] * len(prompts)
+        for position, choice in enumerate(choices):
+            texts[int(choice.get("index", position))] = str(choice.get("text", ""))
+        return texts
+
+    def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
+        out = []
+        for grader, group in _by_grader(items).items():
+            grade = get_grader(grader)
+            texts = self._complete([i.prompt for i in group])
+            out += [
+                MemberAnswer(i.id, self.name, bool(grade(text, i.target)))
+                for i, text in zip(group, texts, strict=True)
+            ]
+        return out
+
+
+@dataclass(frozen=True)
+class EnsembleContext:
+    """What building the members needs to know of the learner."""
+
+    base_model: str  # the spec, e.g. ``builtin:tiny``
+    model_dir: Path
+    device: torch.device
+    max_length: int
+
+
+def parse_endpoint(spec: str) -> tuple[str, str]:
+    """``openai:<model>@<base url>`` -> (model, base url)."""
+    model, sep, url = spec.removeprefix(OPENAI_PREFIX).partition("@")
+    if not (model and sep and url.startswith(("http://", "https://"))):
+        raise ValueError(f"ensemble member {spec!r}: expected openai:<model>@<http(s) base url>")
+    return model, url
+
+
+def build_members(config: DifficultyConfig, ctx: EnsembleContext) -> list[Member]:
+    """The base model, the builtin bootstrap checkpoints, then the configured members."""
+
+    def local(name: str, path: Path) -> LocalMember:
+        return LocalMember(name, path, ctx.device, config.max_new_tokens, ctx.max_length)
+
+    members: list[Member] = [local(f"base:{ctx.base_model}", ctx.model_dir)]
+    if ctx.base_model.startswith(BUILTIN_PREFIX) and config.include_builtin_checkpoints:
+        for ck in builtin_checkpoints(ctx.model_dir):
+            members.append(local(f"{ctx.base_model}/{ck.name}", ck))
+    for spec in config.members:
+        if spec.startswith(OPENAI_PREFIX):
+            model, url = parse_endpoint(spec)
+            members.append(
+                EndpointMember(
+                    spec, model, url, config.api_key, config.max_new_tokens, config.request_timeout
+                )
+            )
+        else:
+            path = Path(spec).expanduser().resolve()
+            if not (path / "config.json").is_file():
+                raise ValueError(f"ensemble member {spec!r} is not a Hugging Face model directory")
+            members.append(local(str(path), path))
+    return members
+
+
+class DifficultyScorer:
+    """Answers new examples with every member, stores the answers, refits IRT as data grows."""
+
+    def __init__(self, engine: Engine, members: Sequence[Member], config: DifficultyConfig):
+        if not members:
+            raise ValueError("the difficulty ensemble needs at least one member")
+        self.engine, self.members, self.config = engine, list(members), config
+        self.names = [m.name for m in self.members]
+        self.cursor = 0  # examples up to this id have been offered to every member
+        self.fitted_items = 0
+        self.summary: dict[str, Any] = {"members": self.names, "fit": None}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def score_batch(self) -> int:
+        """Answer the next batch of pending examples; returns how many were pending."""
+        with self.engine.connect() as conn:
+            pending = pending_examples(conn, self.names, self.cursor, self.config.batch_size)
+        if not pending:
+            return 0
+        answers: list[MemberAnswer] = []
+        for member in self.members:
+            todo = [p for p in pending if member.name in p.missing]
+            if not todo:
+                continue
+            try:
+                answers += member.answer(todo)
+            except (OSError, ValueError, KeyError) as exc:  # an endpoint down or answering junk
+                log.warning(
+                    "ensemble member %s failed on %d examples: %s", member.name, len(todo), exc
+                )
+        with write_transaction(self.engine) as conn:
+            insert_answers(conn, answers)
+        self.cursor = pending[-1].id
+        return len(pending)
+
+    def refit_due(self, answered: int) -> bool:
+        if answered < self.config.min_items:
+            return False
+        return self.fitted_items == 0 or answered > self.fitted_items * (
+            1 + self.config.refit_growth
+        )
+
+    def maybe_refit(self) -> bool:
+        """Refit the IRT model if the answered set grew enough; returns whether it did."""
+        with self.engine.connect() as conn:
+            if not self.refit_due(count_answered(conn, self.names)):
+                return False
+            matrix = answer_matrix(conn, self.names)
+        started = time.perf_counter()
+        responses = np.where(matrix.mask, matrix.correct, np.nan)  # (M, N)
+        fit = fit_irt(responses, self.config.irt_model)
+        two_pl = self.config.irt_model == "2pl"
+        with write_transaction(self.engine) as conn:
+            replace_item_fit(
+                conn, matrix.example_ids, fit.b, fit.se_b, fit.a if two_pl else None, fit.model
+            )
+        self.fitted_items = len(matrix.example_ids)
+        self.cursor = 0  # one rescan after each fit catches examples that committed late
+        self.summary = {
+            "members": self.names,
+            "fit": {
+                "model": fit.model,
+                "items": self.fitted_items,
+                "converged": fit.converged,
+                "seconds": round(time.perf_counter() - started, 3),
+                "member_ability": {n: float(t) for n, t in zip(self.names, fit.theta, strict=True)},
+                "member_accuracy": {
+                    n: float(matrix.correct[i][matrix.mask[i]].mean())
+                    if matrix.mask[i].any()
+                    else None
+                    for i, n in enumerate(self.names)
+                },
+            },
+        }
+        log.info(
+            "refit %s IRT on %d items x %d members", fit.model, self.fitted_items, len(self.names)
+        )
+        return True
+
+    def run_once(self) -> bool:
+        """One batch and a refit if due; returns whether there was work."""
+        scored = self.score_batch()
+        return self.maybe_refit() or scored > 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # keep scoring alive; the learner must not die of it
+                log.exception("difficulty scoring failed; retrying")
+                busy = False
+            if not busy:
+                self._stop.wait(self.config.idle_seconds)
+
+    def start(self) -> None:
+        """Score in a background thread until ``stop``."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="difficulty-scorer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

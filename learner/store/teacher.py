@@ -1,0 +1,124 @@
+"""Teacher records: one decision row per round, and snapshots of the teacher's state.
+
+Callers own the transactions. ``GET /v1/teacher`` and ``GET /v1/buckets`` read these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select
+
+from learner.store.models import Bucket, TeacherDecision, TeacherState
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """A finished round: the choice, every arm's score, the reason and the outcome."""
+
+    step: int
+    bucket_id: int | None
+    policy: str
+    scores: dict[str, float]
+    reason: str
+    steps: int
+    accuracy: float | None
+    loss: float | None
+    reward: float | None
+
+
+def record_decision(conn: Connection, record: DecisionRecord) -> None:
+    conn.execute(
+        insert(TeacherDecision).values(
+            step=record.step,
+            bucket_id=record.bucket_id,
+            policy=record.policy,
+            scores=record.scores,
+            reason=record.reason,
+            steps=record.steps,
+            accuracy=record.accuracy,
+            loss=record.loss,
+            reward=record.reward,
+        )
+    )
+
+
+def save_snapshot(
+    conn: Connection, step: int, policy: str, state: dict[str, Any], keep: int
+) -> None:
+    """Store a snapshot and drop all but the newest ``keep``."""
+    conn.execute(insert(TeacherState).values(step=step, policy=policy, state=state))
+    newest = select(TeacherState.id).order_by(TeacherState.id.desc()).limit(keep)
+    conn.execute(delete(TeacherState).where(TeacherState.id.not_in(newest.scalar_subquery())))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The newest stored teacher state."""
+
+    step: int
+    policy: str
+    state: dict[str, Any]
+    created_at: datetime
+
+
+def latest_snapshot(conn: Connection) -> Snapshot | None:
+    row = conn.execute(
+        select(TeacherState.step, TeacherState.policy, TeacherState.state, TeacherState.created_at)
+        .order_by(TeacherState.id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else Snapshot(row.step, row.policy, row.state, row.created_at)
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    """A decision row with its bucket's name (None if the bucket is gone)."""
+
+    step: int
+    bucket: str | None
+    policy: str | None
+    scores: dict[str, float]
+    reason: str
+    steps: int | None
+    accuracy: float | None
+    loss: float | None
+    reward: float | None
+    created_at: datetime
+
+
+def recent_decisions(conn: Connection, limit: int) -> list[StoredDecision]:
+    """The newest ``limit`` decisions, newest first."""
+    rows = conn.execute(
+        select(TeacherDecision, Bucket.name)
+        .outerjoin(Bucket, Bucket.id == TeacherDecision.bucket_id)
+        .order_by(TeacherDecision.id.desc())
+        .limit(limit)
+    )
+    return [
+        StoredDecision(
+            step=d.step,
+            bucket=name,
+            policy=d.policy,
+            scores=d.scores,
+            reason=d.reason,
+            steps=d.steps,
+            accuracy=d.accuracy,
+            loss=d.loss,
+            reward=d.reward,
+            created_at=d.created_at,
+        )
+        for d, name in rows
+    ]
+
+
+def focus_rounds(conn: Connection) -> dict[int, int]:
+    """Bucket id -> number of rounds it was the focus."""
+    rows = conn.execute(
+        select(TeacherDecision.bucket_id, func.count())
+        .where(TeacherDecision.bucket_id.is_not(None))
+        .group_by(TeacherDecision.bucket_id)
+    )
+    return {int(bucket_id): int(n) for bucket_id, n in rows if bucket_id is not None}
