@@ -16,7 +16,7 @@ from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
 from server.deps import AppState
 from server.errors import BodySizeLimit, install_error_handlers
 from server.inference import InferenceEngine
-from server.routes import adapters, buckets, completions, health, learner, tasks
+from server.routes import adapters, buckets, completions, health, learner, tasks, teacher
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    for module in (health, tasks, buckets, adapters, learner, completions):
+    for module in (health, tasks, buckets, teacher, adapters, learner, completions):
         app.include_router(module.router)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,6 +41,12 @@ class TaskAccepted(BaseModel):
     duplicates: int = Field(description="Examples already known (a no-op).")
 
 
+class BucketTeacherOut(BaseModel):
+    focus_rounds: int = Field(description="Rounds in which the teacher chose this bucket.")
+    focus_share: float | None = Field(description="Its share of all focus rounds.")
+    score: float | None = Field(description="Its score in the teacher's newest decision.")
+
+
 class BucketOut(BaseModel):
     name: str
     kind: str
@@ -51,8 +57,17 @@ class BucketOut(BaseModel):
     probe_examples: int
     probe_accuracy: float | None = Field(description="Latest evaluated probe accuracy.")
     probe_accuracy_step: int | None
-    difficulty: float | None = Field(default=None, description="Mean fitted IRT difficulty.")
-    teacher: dict[str, float] | None = Field(default=None, description="Teacher statistics.")
+    difficulty: float | None = Field(
+        default=None, description="Mean IRT difficulty b of the bucket's fitted examples."
+    )
+    difficulty_items: int = Field(default=0, description="Examples with a fitted difficulty.")
+    learner_ability: float | None = Field(
+        default=None, description="The learner's IRT ability theta, on the same scale."
+    )
+    predicted_accuracy: float | None = Field(
+        default=None, description="sigmoid(learner_ability - difficulty), the Rasch prediction."
+    )
+    teacher: BucketTeacherOut
 
 
 class ExampleOut(BaseModel):
@@ -69,6 +84,32 @@ class ExamplePage(BaseModel):
     split: str | None
     examples: list[ExampleOut]
     next_after_id: int | None = Field(description="Pass as after_id for the next page.")
+
+
+class TeacherDecisionOut(BaseModel):
+    step: int = Field(description="Training step at which the round began.")
+    bucket: str | None = Field(description="The focus bucket (None if it was deleted).")
+    policy: str | None
+    scores: dict[str, float] = Field(description="Score of every arm offered.")
+    reason: str
+    steps: int | None = Field(description="Training steps in the round.")
+    accuracy: float | None = Field(description="Focus probe accuracy after the round.")
+    loss: float | None = Field(description="Mean focus training loss during the round.")
+    reward: float | None = Field(description="Learning-progress reward the policy got.")
+    created_at: datetime
+
+
+class TeacherOut(BaseModel):
+    policy: str | None = Field(description="The policy of the running learner.")
+    step: int | None = Field(description="Learner step of the newest teacher snapshot.")
+    updated_at: datetime | None
+    learner_ability: float | None
+    learner_ability_se: float | None
+    arm_scores: dict[str, float] = Field(description="Every arm's score in the newest decision.")
+    current_round: dict[str, Any] | None
+    bucket_difficulty: dict[str, float]
+    ensemble: dict[str, Any] | None = Field(description="Members and the newest IRT fit.")
+    decisions: list[TeacherDecisionOut] = Field(description="Newest first.")
 
 
 class ErrorBody(BaseModel):

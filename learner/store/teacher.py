@@ -91,27 +91,15 @@ class StoredDecision:
 
 def recent_decisions(conn: Connection, limit: int) -> list[StoredDecision]:
     """The newest ``limit`` decisions, newest first."""
+    d = TeacherDecision
     rows = conn.execute(
-        select(TeacherDecision, Bucket.name)
-        .outerjoin(Bucket, Bucket.id == TeacherDecision.bucket_id)
-        .order_by(TeacherDecision.id.desc())
+        select(d.step, Bucket.name, d.policy, d.scores, d.reason, d.steps, d.accuracy)
+        .add_columns(d.loss, d.reward, d.created_at)
+        .outerjoin(Bucket, Bucket.id == d.bucket_id)
+        .order_by(d.id.desc())
         .limit(limit)
     )
-    return [
-        StoredDecision(
-            step=d.step,
-            bucket=name,
-            policy=d.policy,
-            scores=d.scores,
-            reason=d.reason,
-            steps=d.steps,
-            accuracy=d.accuracy,
-            loss=d.loss,
-            reward=d.reward,
-            created_at=d.created_at,
-        )
-        for d, name in rows
-    ]
+    return [StoredDecision(*row) for row in rows]
 
 
 def focus_rounds(conn: Connection) -> dict[int, int]:
@@ -122,3 +110,22 @@ def focus_rounds(conn: Connection) -> dict[int, int]:
         .group_by(TeacherDecision.bucket_id)
     )
     return {int(bucket_id): int(n) for bucket_id, n in rows if bucket_id is not None}
+
+
+@dataclass(frozen=True)
+class TeacherView:
+    """What bucket listings show of the teacher: ability, newest scores, rounds per bucket."""
+
+    ability: float | None
+    arm_scores: dict[str, float]
+    focus_rounds: dict[int, int]
+
+
+def teacher_view(conn: Connection) -> TeacherView:
+    snapshot = latest_snapshot(conn)
+    newest = recent_decisions(conn, 1)
+    return TeacherView(
+        ability=None if snapshot is None else snapshot.state.get("learner_ability"),
+        arm_scores=newest[0].scores if newest else {},
+        focus_rounds=focus_rounds(conn),
+    )

@@ -1,20 +1,29 @@
-"""Buckets and their examples."""
+"""Buckets and their examples, with difficulty, learner ability and teacher statistics."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 
 from learner.store.buckets import BucketSummary, get_bucket, list_buckets, list_examples
+from learner.store.difficulty import BucketDifficulty, bucket_difficulties
 from learner.store.ingest import BUCKET_NAME_RE
+from learner.store.teacher import TeacherView, teacher_view
 from server.deps import ReadConn, Reader
-from server.schemas import BucketOut, ErrorOut, ExampleOut, ExamplePage
+from server.schemas import BucketOut, BucketTeacherOut, ErrorOut, ExampleOut, ExamplePage
 
 router = APIRouter(prefix="/v1/buckets", tags=["buckets"])
 
 
-def _bucket_out(summary: BucketSummary) -> BucketOut:
+def _bucket_out(
+    summary: BucketSummary, difficulty: BucketDifficulty | None, view: TeacherView
+) -> BucketOut:
+    b = difficulty.difficulty if difficulty is not None else None
+    theta = view.ability
+    rounds = view.focus_rounds.get(summary.id, 0)
+    total = sum(view.focus_rounds.values())
     return BucketOut(
         name=summary.name,
         kind=summary.kind,
@@ -25,6 +34,15 @@ def _bucket_out(summary: BucketSummary) -> BucketOut:
         probe_examples=summary.probe_examples,
         probe_accuracy=summary.probe_accuracy,
         probe_accuracy_step=summary.probe_accuracy_step,
+        difficulty=b,
+        difficulty_items=difficulty.items if difficulty is not None else 0,
+        learner_ability=theta,
+        predicted_accuracy=None if b is None or theta is None else 1 / (1 + math.exp(b - theta)),
+        teacher=BucketTeacherOut(
+            focus_rounds=rounds,
+            focus_share=rounds / total if total else None,
+            score=view.arm_scores.get(summary.name),
+        ),
     )
 
 
@@ -39,13 +57,16 @@ def _found(conn: ReadConn, name: str) -> BucketSummary:
 
 @router.get("")
 def get_buckets(conn: ReadConn, _: Reader) -> list[BucketOut]:
-    """Every bucket with its counts and latest probe accuracy."""
-    return [_bucket_out(s) for s in list_buckets(conn)]
+    """Every bucket with its counts, latest probe accuracy, difficulty and teacher statistics."""
+    difficulty = bucket_difficulties(conn)
+    view = teacher_view(conn)
+    return [_bucket_out(s, difficulty.get(s.id), view) for s in list_buckets(conn)]
 
 
 @router.get("/{name}", responses={404: {"model": ErrorOut}})
 def get_one_bucket(name: str, conn: ReadConn, _: Reader) -> BucketOut:
-    return _bucket_out(_found(conn, name))
+    summary = _found(conn, name)
+    return _bucket_out(summary, bucket_difficulties(conn).get(summary.id), teacher_view(conn))
 
 
 @router.get("/{name}/examples", responses={404: {"model": ErrorOut}})

@@ -221,6 +221,15 @@ def base_model(micro_model_dir: Path) -> str:
     return str(micro_model_dir)
 
 
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The builtin ``small`` preset (about a minute to bootstrap), once per session."""
+    from learner.builtin import BuiltinConfig, ensure_builtin_model
+
+    root = tmp_path_factory.mktemp("small-model")
+    return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
+
+
 @pytest.fixture
 def start_server(
     request: pytest.FixtureRequest, tmp_path: Path, base_model: str

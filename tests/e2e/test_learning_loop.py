@@ -37,14 +37,6 @@ LEARNER_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from learner.builtin import BuiltinConfig, ensure_builtin_model
-
-    root = tmp_path_factory.mktemp("small-model")
-    return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
-
-
 def submit_bucket(http: httpx.Client, n: int = 400) -> list[dict[str, str]]:
     examples = make_examples(FAMILY, n, level=LEVEL, seed=7)
     response = http.post("/v1/tasks", json={"bucket": BUCKET, "examples": examples})
