@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from sqlalchemy import Engine
 
-from learner.builtin import BUILTIN_PREFIX, builtin_checkpoints
+from learner.builtin import builtin_checkpoints
 from learner.config import DifficultyConfig
 from learner.evaluation import answers_correct
 from learner.graders import get_grader
@@ -107,8 +108,8 @@ class EndpointMember:
         self.name, self.model, self.base_url = name, model, base_url.rstrip("/")
         self.api_key, self.max_tokens, self.timeout = api_key, max_tokens, timeout
 
-    def _complete(self, prompts: list[str]) -> list[str]:
-        body = {"model": self.model, "prompt": prompts, "max_tokens": self.max_tokens}
+    def _complete(self, prompts: list[str], max_tokens: int) -> list[str]:
+        body = {"model": self.model, "prompt": prompts, "max_tokens": max_tokens}
         body["temperature"] = 0
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -116,18 +117,34 @@ class EndpointMember:
         request = urllib.request.Request(
             f"{self.base_url}/completions", json.dumps(body).encode(), headers, method="POST"
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            choices = json.load(response)["choices"]
+        choices = self._send(request)["choices"]
         texts = [""] * len(prompts)
         for position, choice in enumerate(choices):
             texts[int(choice.get("index", position))] = str(choice.get("text", ""))
         return texts
 
+    def _send(self, request: urllib.request.Request) -> Any:
+        """POST, retrying while the endpoint answers 429 or 503 (busy, or loading its model)
+        for up to ``timeout`` seconds, as its Retry-After header asks."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.load(response)
+            except urllib.error.HTTPError as exc:
+                retry = exc.code in (429, 503) and time.monotonic() < deadline
+                if not retry:
+                    raise
+                time.sleep(min(float(exc.headers.get("Retry-After") or 1), 5.0))
+
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
         out = []
         for grader, group in _by_grader(items).items():
             grade = get_grader(grader)
-            texts = self._complete([i.prompt for i in group])
+            # As for local members: a little longer than the longest target (in characters,
+            # an upper bound on tokens for common tokenizers), so a rambling answer is cut.
+            longest = max(len(i.target) for i in group)
+            texts = self._complete([i.prompt for i in group], min(self.max_tokens, longest + 2))
             out += [
                 MemberAnswer(i.id, self.name, bool(grade(text, i.target)))
                 for i, text in zip(group, texts, strict=True)
@@ -159,10 +176,10 @@ def build_members(config: DifficultyConfig, ctx: EnsembleContext) -> list[Member
     def local(name: str, path: Path) -> LocalMember:
         return LocalMember(name, path, ctx.device, config.max_new_tokens, ctx.max_length)
 
-    members: list[Member] = [local(f"base:{ctx.base_model}", ctx.model_dir)]
-    if ctx.base_model.startswith(BUILTIN_PREFIX) and config.include_builtin_checkpoints:
+    members: list[Member] = [local(f"base:{ctx.base_model}"[:200], ctx.model_dir)]
+    if config.include_builtin_checkpoints:  # a builtin model's bootstrap stages, if any
         for ck in builtin_checkpoints(ctx.model_dir):
-            members.append(local(f"{ctx.base_model}/{ck.name}", ck))
+            members.append(local(f"{ctx.model_dir.parent.name}/{ck.name}", ck))
     for spec in config.members:
         if spec.startswith(OPENAI_PREFIX):
             model, url = parse_endpoint(spec)
@@ -215,17 +232,18 @@ class DifficultyScorer:
         self.cursor = pending[-1].id
         return len(pending)
 
-    def refit_due(self, answered: int) -> bool:
-        if answered < self.config.min_items:
+    def refit_due(self, answered: int, caught_up: bool) -> bool:
+        """While examples keep coming, refit when their number grew by ``refit_growth``;
+        once every example is answered, fit the last few too."""
+        if answered < self.config.min_items or answered == self.fitted_items:
             return False
-        return self.fitted_items == 0 or answered > self.fitted_items * (
-            1 + self.config.refit_growth
-        )
+        grown = answered > self.fitted_items * (1 + self.config.refit_growth)
+        return caught_up or self.fitted_items == 0 or grown
 
-    def maybe_refit(self) -> bool:
-        """Refit the IRT model if the answered set grew enough; returns whether it did."""
+    def maybe_refit(self, caught_up: bool = False) -> bool:
+        """Refit the IRT model if it is due (see ``refit_due``); returns whether it did."""
         with self.engine.connect() as conn:
-            if not self.refit_due(count_answered(conn, self.names)):
+            if not self.refit_due(count_answered(conn, self.names), caught_up):
                 return False
             matrix = answer_matrix(conn, self.names)
         started = time.perf_counter()
@@ -262,7 +280,7 @@ class DifficultyScorer:
     def run_once(self) -> bool:
         """One batch and a refit if due; returns whether there was work."""
         scored = self.score_batch()
-        return self.maybe_refit() or scored > 0
+        return self.maybe_refit(caught_up=scored == 0) or scored > 0
 
     def _loop(self) -> None:
         while not self._stop.is_set():
