@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from learner import control, lease, registry
 from learner.builtin import build_tokenizer
-from learner.config import LearnerConfig, LoraSettings
+from learner.config import DifficultyConfig, LearnerConfig, LoraSettings, TeacherConfig
 from learner.mixing import stream_sizes
 from learner.modeling import encode_examples, load_base
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
-from learner.store.models import ReplayState
+from learner.store.models import ItemDifficulty, ReplayState
+from learner.store.teacher import latest_snapshot, recent_decisions
 from learner.tasks import make_examples
-from learner.worker import Learner, promotion_report
+from learner.worker import Learner
 
 FAST = LearnerConfig(
     lora=LoraSettings(r=4, alpha=8),
@@ -41,9 +43,25 @@ def submit(engine: Engine, bucket: str, family: str, n: int = 60, seed: int = 0)
         ingest_batch(conn, bucket, examples)
 
 
-def make_learner(engine: Engine, tmp_path: Path, model_dir: Path, **overrides: object) -> Learner:
+def make_learner(
+    engine: Engine,
+    tmp_path: Path,
+    model_dir: Path,
+    teacher: TeacherConfig | None = None,
+    difficulty: DifficultyConfig | None = None,
+    **overrides: object,
+) -> Learner:
     config = LearnerConfig(**{**FAST.__dict__, **overrides})  # type: ignore[arg-type]
-    return Learner(engine, config, tmp_path, model_dir, str(model_dir), holder="test-learner")
+    return Learner(
+        engine,
+        config,
+        tmp_path,
+        model_dir,
+        str(model_dir),
+        holder="test-learner",
+        teacher=teacher,
+        difficulty=difficulty,
+    )
 
 
 def test_steps_version_and_identical_logits(
@@ -140,15 +158,6 @@ def test_gpt2_architecture(engine: Engine, tmp_path: Path) -> None:
     assert loaded.peft_config["default"].r == FAST.lora.r
 
 
-def test_promotion_report() -> None:
-    better = promotion_report({"a": 0.5, "b": 0.7}, {"a": 0.2, "b": 0.7, "c": 1.0}, None, 0.0)
-    assert better["promote"] and better["gain"] == pytest.approx(0.15)
-    assert "vs base" in better["reason"]
-    same = promotion_report({"a": 0.5}, {"a": 0.5}, 3, 0.0)
-    assert not same["promote"] and "vs v3" in same["reason"]
-    assert not promotion_report({}, {}, None, 0.0)["promote"]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_trains_on_cuda(engine: Engine, tmp_path: Path, micro_model_dir: Path) -> None:
@@ -187,3 +196,75 @@ def test_stream_sizes() -> None:
     assert stream_sizes(16, 0.5, 0.2, has_anchor=False) == (8, 0, 8)
     assert stream_sizes(1, 0.5, 0.2, has_anchor=True) == (1, 0, 0)
     assert sum(stream_sizes(7, 0.9, 0.1, has_anchor=True)) == 7
+
+
+def test_teacher_chooses_rounds_and_is_restored(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    """Each round's focus comes from the policy; its decision row holds every arm's score,
+    the reason and the round's outcome; the teacher state travels with the checkpoint."""
+    submit(engine, "copy-l1", "copy", n=80)
+    submit(engine, "reverse-l1", "reverse", n=80)
+    teacher = TeacherConfig(policy="round_robin", round_steps=2, eval_probes=4)
+    first = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=8,
+                         candidate_every=100)  # fmt: skip
+    first.run()
+    with engine.connect() as conn:
+        decisions = recent_decisions(conn, 10)[::-1]
+        snapshot = latest_snapshot(conn)
+    assert [d.bucket for d in decisions] == ["copy-l1", "reverse-l1"] * 2
+    for d in decisions:
+        assert set(d.scores) == {"copy-l1", "reverse-l1"} and d.reason.startswith("round_robin")
+        assert d.steps == 2 and d.loss is not None and d.policy == "round_robin"
+        assert d.accuracy is not None and 0.0 <= d.accuracy <= 1.0
+    assert snapshot is not None and snapshot.step == 8 and snapshot.policy == "round_robin"
+    assert snapshot.state["probes_answered"] > 0
+    assert first.status()["teacher"]["policy"] == "round_robin"
+
+    second = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=12,
+                          candidate_every=100)  # fmt: skip
+    second.wait_for_lease(threading.Event())
+    second.setup()
+    assert second.curriculum.state_dict() == first.curriculum.state_dict()
+    lease.release(engine, second.holder)
+    second.run()
+    with engine.connect() as conn:
+        buckets = [d.bucket for d in recent_decisions(conn, 10)[::-1]]
+    assert buckets == ["copy-l1", "reverse-l1"] * 3  # the rotation went on where it was
+
+
+def test_learner_scores_difficulty_in_the_background(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    submit(engine, "copy-l1", "copy", n=30)
+    difficulty = DifficultyConfig(batch_size=16, idle_seconds=0.05, min_items=4)
+    learner = make_learner(engine, tmp_path, micro_model_dir, difficulty=difficulty,
+                           max_steps=4, candidate_every=100)  # fmt: skip
+    learner.wait_for_lease(threading.Event())
+    learner.setup()
+    learner.start_scorer()
+    assert learner.scorer is not None
+    try:
+        deadline = time.monotonic() + 60
+        while learner.scorer.fitted_items < 30 and time.monotonic() < deadline:
+            learner.tick()
+    finally:
+        learner.stop_scorer()
+        learner.store.close()
+        lease.release(engine, learner.holder)
+    with engine.connect() as conn:
+        fitted = conn.execute(select(func.count()).select_from(ItemDifficulty)).scalar_one()
+    assert fitted == 30
+    learner.refresh_difficulty()
+    assert set(learner.curriculum.difficulty) == {"copy-l1"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bad_ensemble_member_leaves_training_running(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    submit(engine, "copy-l1", "copy")
+    difficulty = DifficultyConfig(members=(str(tmp_path / "missing"),))
+    learner = make_learner(engine, tmp_path, micro_model_dir, difficulty=difficulty, max_steps=2)
+    learner.run()
+    assert learner.state.step == 2 and learner.scorer is None
