@@ -67,6 +67,14 @@ def _by_grader(items: Sequence[PendingExample]) -> dict[str, list[PendingExample
     return groups
 
 
+def _retry_after(header: str | None) -> float:
+    """Seconds to wait: the header's delay in seconds (an HTTP date counts as 1 s), at most 5."""
+    try:
+        return min(max(float(header or 1), 0.1), 5.0)
+    except ValueError:
+        return 1.0
+
+
 class LocalMember:
     """A local Hugging Face causal LM, loaded on first use; greedy answers + log-likelihood."""
 
@@ -135,7 +143,7 @@ class EndpointMember:
                 retry = exc.code in (429, 503) and time.monotonic() < deadline
                 if not retry:
                     raise
-                time.sleep(min(float(exc.headers.get("Retry-After") or 1), 5.0))
+                time.sleep(_retry_after(exc.headers.get("Retry-After")))
 
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
         out = []

@@ -90,11 +90,11 @@ def test_promoted_version_beats_base(
 
         def promoted_after_training() -> Any:
             active = http.get("/v1/adapters/active").json()
-            trained = active["version"] is not None and active["adapter"]["train_step"] >= 160
+            trained = active["version"] is not None and active["adapter"]["train_step"] >= 320
             return active if trained else None
 
         active = wait_for(
-            promoted_after_training, 420, "a version promoted after 160 steps", interval=2
+            promoted_after_training, 420, "a version promoted after 320 steps", interval=2
         )
         report = active["adapter"]["gate_report"]
         assert report["promote"] and report["gain"] > 0, report
