@@ -173,6 +173,8 @@ class DifficultyConfig:
     irt_model: str = "1pl"
     # Refit when the number of scored examples grew by this share since the last fit.
     refit_growth: float = 0.25
+    # Once caught up with new examples, the last few are fitted after at most this long.
+    min_refit_seconds: float = 30.0
     min_items: int = 8
     idle_seconds: float = 2.0
     request_timeout: float = 60.0
@@ -181,5 +183,7 @@ class DifficultyConfig:
         _positive(self, "batch_size", "max_new_tokens", "min_items", "request_timeout")
         if self.irt_model not in IRT_MODELS:
             raise ValueError(f"DifficultyConfig.irt_model must be one of {IRT_MODELS}")
-        if self.refit_growth < 0 or self.idle_seconds < 0:
-            raise ValueError("DifficultyConfig: refit_growth and idle_seconds must be >= 0")
+        if min(self.refit_growth, self.idle_seconds, self.min_refit_seconds) < 0:
+            raise ValueError(
+                "DifficultyConfig: refit_growth, idle_seconds and min_refit_seconds must be >= 0"
+            )

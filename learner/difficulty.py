@@ -214,6 +214,7 @@ class DifficultyScorer:
         self.names = [m.name for m in self.members]
         self.cursor = 0  # examples up to this id have been offered to every member
         self.fitted_items = 0
+        self._fitted_at = -float("inf")
         self.summary: dict[str, Any] = {"members": self.names, "fit": None}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -246,7 +247,9 @@ class DifficultyScorer:
         if answered < self.config.min_items or answered == self.fitted_items:
             return False
         grown = answered > self.fitted_items * (1 + self.config.refit_growth)
-        return caught_up or self.fitted_items == 0 or grown
+        # A trickle of new examples would otherwise cause a refit after every small batch.
+        rested = time.monotonic() - self._fitted_at >= self.config.min_refit_seconds
+        return self.fitted_items == 0 or grown or (caught_up and rested)
 
     def maybe_refit(self, caught_up: bool = False) -> bool:
         """Refit the IRT model if it is due (see ``refit_due``); returns whether it did."""
@@ -263,6 +266,7 @@ class DifficultyScorer:
                 conn, matrix.example_ids, fit.b, fit.se_b, fit.a if two_pl else None, fit.model
             )
         self.fitted_items = len(matrix.example_ids)
+        self._fitted_at = time.monotonic()
         self.cursor = 0  # one rescan after each fit catches examples that committed late
         self.summary = {
             "members": self.names,

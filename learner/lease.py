@@ -72,16 +72,25 @@ def heartbeat(
         return result.rowcount == 1
 
 
-def renew(conn: Connection, holder: str, name: str = LEASE_NAME) -> bool:
-    """Renew the lease inside the caller's transaction; False when it is not ours.
+def renew(
+    conn: Connection,
+    holder: str,
+    state: dict[str, Any] | None = None,
+    name: str = LEASE_NAME,
+) -> bool:
+    """Renew the lease (and its status ``state``) inside the caller's transaction; False
+    when it is not ours.
 
     Writes that only the lease holder may make (versions, promotions) run in the same
     transaction, so a learner that lost the lease cannot make them (fencing).
     """
+    values: dict[str, Any] = {"heartbeat_at": _now()}
+    if state is not None:
+        values["state"] = state
     result = conn.execute(
         update(LearnerLease)
         .where(LearnerLease.name == name, LearnerLease.holder == holder)
-        .values(heartbeat_at=_now())
+        .values(values)
     )
     return result.rowcount == 1
 

@@ -430,7 +430,8 @@ class Learner:
     def fenced_transaction(self) -> Iterator[Connection]:
         """A write transaction that commits only while this learner holds the lease."""
         with write_transaction(self.engine) as conn:
-            if not lease.renew(conn, self.holder):
+            # The status goes along: a renewal here also stands for the periodic heartbeat.
+            if not lease.renew(conn, self.holder, self.status()):
                 raise LeaseLost(f"{self.holder} lost the training lease")
             self._last_heartbeat = time.monotonic()
             yield conn

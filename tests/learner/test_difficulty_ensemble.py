@@ -77,7 +77,7 @@ def test_members_of_a_builtin_model(micro_model_dir: Path, tmp_path: Path) -> No
 def test_scorer_answers_everything_and_fits(engine: Engine, micro_model_dir: Path) -> None:
     n = submit(engine)
     members = build_members(DifficultyConfig(), context(micro_model_dir))
-    config = DifficultyConfig(batch_size=10, min_items=8, max_new_tokens=8)
+    config = DifficultyConfig(batch_size=10, min_items=8, max_new_tokens=8, min_refit_seconds=0)
     scorer = DifficultyScorer(engine, members, config)
     rounds = 0
     while scorer.run_once():
@@ -93,7 +93,21 @@ def test_scorer_answers_everything_and_fits(engine: Engine, micro_model_dir: Pat
     fit = scorer.summary["fit"]
     assert fit["items"] == n and set(fit["member_ability"]) == set(scorer.names)
     # Nothing new: no further refit until the answered set grows by refit_growth.
-    assert not scorer.maybe_refit()
+    assert not scorer.maybe_refit(caught_up=True)
+
+
+def test_refit_schedule(engine: Engine) -> None:
+    config = DifficultyConfig(min_items=10, refit_growth=0.5, min_refit_seconds=3600)
+    scorer = DifficultyScorer(engine, [LocalMember("m", Path("."), CPU, 8, 64)], config)
+    assert not scorer.refit_due(9, caught_up=True)  # too few items to fit
+    assert scorer.refit_due(10, caught_up=False)  # the first fit
+    scorer.fitted_items, scorer._fitted_at = 100, time.monotonic()
+    assert not scorer.refit_due(100, caught_up=True)  # nothing new
+    assert not scorer.refit_due(140, caught_up=False)  # grown by less than half
+    assert scorer.refit_due(151, caught_up=False)
+    assert not scorer.refit_due(120, caught_up=True)  # caught up, but fitted just now
+    scorer._fitted_at -= 3600
+    assert scorer.refit_due(120, caught_up=True)
 
 
 def test_a_failing_member_does_not_stop_the_others(engine: Engine, micro_model_dir: Path) -> None:

@@ -220,6 +220,9 @@ def test_teacher_chooses_rounds_and_is_restored(
     assert snapshot is not None and snapshot.step == 8 and snapshot.policy == "round_robin"
     assert snapshot.state["probes_answered"] > 0
     assert first.status()["teacher"]["policy"] == "round_robin"
+    with engine.connect() as conn:
+        held = lease.read_lease(conn)
+    assert held is not None and held.state["step"] == 8  # rounds keep the status fresh
 
     second = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=12,
                           candidate_every=100)  # fmt: skip
