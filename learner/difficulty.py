@@ -315,3 +315,20 @@ class DifficultyScorer:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def start_scorer(
+    engine: Engine, config: DifficultyConfig, context: EnsembleContext
+) -> DifficultyScorer | None:
+    """A started background scorer, or None when scoring is off or misconfigured (logged:
+    a bad member must not stop the training)."""
+    if not config.enabled:
+        return None
+    try:
+        members = build_members(config, context)
+    except ValueError as exc:
+        log.error("difficulty scoring is off: %s", exc)
+        return None
+    scorer = DifficultyScorer(engine, members, config)
+    scorer.start()
+    return scorer

@@ -37,7 +37,7 @@ from learner import control, lease, registry
 from learner.checkpoint import CheckpointDir
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
 from learner.curriculum import Curriculum
-from learner.difficulty import DifficultyScorer, EnsembleContext, build_members
+from learner.difficulty import DifficultyScorer, EnsembleContext, start_scorer
 from learner.evaluation import (
     ProbeSet,
     answers_correct,
@@ -275,19 +275,11 @@ class Learner:
 
     def start_scorer(self) -> None:
         """Score examples with the difficulty ensemble in a background thread."""
-        config = self.difficulty_config
-        if config is None or not config.enabled:
-            return
-        context = EnsembleContext(
-            self.base_model, self.model_dir, self.device, self.config.max_length
-        )
-        try:
-            members = build_members(config, context)
-        except ValueError as exc:  # a misconfigured member must not stop the training
-            log.error("difficulty scoring is off: %s", exc)
-            return
-        self.scorer = DifficultyScorer(self.engine, members, config)
-        self.scorer.start()
+        if self.difficulty_config is not None:
+            context = EnsembleContext(
+                self.base_model, self.model_dir, self.device, self.config.max_length
+            )
+            self.scorer = start_scorer(self.engine, self.difficulty_config, context)
 
     def stop_scorer(self) -> None:
         if self.scorer is not None:
