@@ -214,7 +214,11 @@ class DifficultyScorer:
         self.names = [m.name for m in self.members]
         self.cursor = 0  # examples up to this id have been offered to every member
         self.fitted_items = 0
+        self.fits = 0  # IRT fits stored so far: readers re-read difficulties when it moves
         self._fitted_at = -float("inf")
+        # Answers stored since the last fit (or answers of an earlier run): only then can a
+        # refit be due, so an idle scorer does not count the answers at every poll.
+        self._unfitted = True
         self.summary: dict[str, Any] = {"members": self.names, "fit": None}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -238,6 +242,7 @@ class DifficultyScorer:
                 )
         with write_transaction(self.engine) as conn:
             insert_answers(conn, answers)
+        self._unfitted = self._unfitted or bool(answers)
         self.cursor = pending[-1].id
         return len(pending)
 
@@ -253,6 +258,8 @@ class DifficultyScorer:
 
     def maybe_refit(self, caught_up: bool = False) -> bool:
         """Refit the IRT model if it is due (see ``refit_due``); returns whether it did."""
+        if not self._unfitted:
+            return False
         with self.engine.connect() as conn:
             if not self.refit_due(count_answered(conn, self.names), caught_up):
                 return False
@@ -267,6 +274,8 @@ class DifficultyScorer:
             )
         self.fitted_items = len(matrix.example_ids)
         self._fitted_at = time.monotonic()
+        self._unfitted = False
+        self.fits += 1
         self.cursor = 0  # one rescan after each fit catches examples that committed late
         self.summary = {
             "members": self.names,

@@ -77,17 +77,6 @@ def answers_correct(
     return correct
 
 
-def probe_accuracy(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    probes: ProbeSet,
-    max_new_tokens: int,
-) -> float:
-    """Share of probes whose greedy completion the bucket's grader accepts."""
-    correct = answers_correct(model, tokenizer, probes.examples, probes.grader, max_new_tokens)
-    return sum(correct) / len(correct)
-
-
 def stored_score(conn: Connection, version: int | None, probes: ProbeSet) -> float | None:
     """A stored score of ``version`` (None: base) on exactly this many probes, if any."""
     version_clause = (

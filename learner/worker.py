@@ -42,7 +42,6 @@ from learner.evaluation import (
     ProbeSet,
     answers_correct,
     load_probe_sets,
-    probe_accuracy,
     store_score,
     stored_score,
 )
@@ -118,6 +117,7 @@ class Learner:
         self.curriculum = Curriculum(teacher or TeacherConfig(), config.seed)
         self.difficulty_config = difficulty  # None: no ensemble scoring
         self.scorer: DifficultyScorer | None = None
+        self._difficulty_fits: int | None = None  # the scorer's fit count last read
         self.buckets: dict[str, BucketInfo] = {}
         self.state = LoopState()
         self.rng = np.random.default_rng(config.seed)
@@ -232,7 +232,13 @@ class Learner:
     def round_focus(self, arms: list[str]) -> str:
         """The focus bucket: the running round's, or a new decision of the teacher."""
         if self.curriculum.needs_decision(arms):
-            self.refresh_difficulty()
+            # Bucket difficulties change only with a refit: re-read them after one (and
+            # once at start, for fits stored by an earlier run); a new bucket's items are
+            # fitted, and so read, at the scorer's next refit.
+            fits = self.scorer.fits if self.scorer is not None else 0
+            if fits != self._difficulty_fits:
+                self.refresh_difficulty()
+                self._difficulty_fits = fits
             ids = {a: self.buckets[a].id for a in arms}
             return self.curriculum.decide(arms, ids, self.state.step).arm
         assert self.curriculum.current is not None
@@ -256,14 +262,7 @@ class Learner:
         accuracy, answers = None, {}
         if probe_sets:  # a bucket without probes is judged by its training loss alone
             probes = probe_sets[0]
-            self.keep_lease()
-            correct = answers_correct(
-                self.model,
-                self.tokenizer,
-                probes.examples,
-                probes.grader,
-                self.config.max_new_tokens,
-            )
+            correct = self._probe_answers(probes)
             accuracy = sum(correct) / len(correct)
             answers = dict(zip(probes.ids, correct, strict=True))
         record = self.curriculum.finish_round(self.state.step, accuracy, answers)
@@ -428,9 +427,16 @@ class Learner:
             self._last_heartbeat = time.monotonic()
             yield conn
 
-    def _evaluate_current(self, probes: ProbeSet) -> float:
+    def _probe_answers(self, probes: ProbeSet) -> list[bool]:
+        """Whether the current model answers each probe right."""
         self.keep_lease()  # evaluations take a while: keep the lease alive between buckets
-        return probe_accuracy(self.model, self.tokenizer, probes, self.config.max_new_tokens)
+        return answers_correct(
+            self.model, self.tokenizer, probes.examples, probes.grader, self.config.max_new_tokens
+        )
+
+    def _evaluate_current(self, probes: ProbeSet) -> float:
+        correct = self._probe_answers(probes)
+        return sum(correct) / len(correct)
 
     def _evaluate_base(self, probes: ProbeSet) -> float:
         with self.model.disable_adapter():

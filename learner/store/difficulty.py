@@ -144,6 +144,7 @@ def replace_item_fit(
     conn.execute(delete(ItemDifficulty))
     if len(example_ids) == 0:
         return
+    discrimination = [None] * len(b) if a is None else [float(x) for x in a]
     conn.execute(
         insert(ItemDifficulty),
         [
@@ -151,10 +152,10 @@ def replace_item_fit(
                 "example_id": int(i),
                 "difficulty": float(b_i),
                 "std_error": float(se),
-                "discrimination": None if a is None else float(a_i),
+                "discrimination": a_i,
                 "model": model,
             }
-            for i, b_i, se, a_i in zip(example_ids, b, se_b, a if a is not None else b, strict=True)
+            for i, b_i, se, a_i in zip(example_ids, b, se_b, discrimination, strict=True)
         ],
     )
 
@@ -167,12 +168,18 @@ class BucketDifficulty:
     items: int
 
 
-def bucket_difficulties(conn: Connection) -> dict[int, BucketDifficulty]:
-    rows = conn.execute(
+def bucket_difficulties(
+    conn: Connection, bucket_id: int | None = None
+) -> dict[int, BucketDifficulty]:
+    """Bucket id -> mean fitted difficulty, for every bucket or just ``bucket_id``."""
+    query = (
         select(Example.bucket_id, func.avg(ItemDifficulty.difficulty), func.count())
         .join(Example, Example.id == ItemDifficulty.example_id)
         .group_by(Example.bucket_id)
     )
+    if bucket_id is not None:
+        query = query.where(Example.bucket_id == bucket_id)
+    rows = conn.execute(query)
     return {int(bid): BucketDifficulty(float(b), int(n)) for bid, b, n in rows}
 
 

@@ -66,7 +66,8 @@ def get_buckets(conn: ReadConn, _: Reader) -> list[BucketOut]:
 @router.get("/{name}", responses={404: {"model": ErrorOut}})
 def get_one_bucket(name: str, conn: ReadConn, _: Reader) -> BucketOut:
     summary = _found(conn, name)
-    return _bucket_out(summary, bucket_difficulties(conn).get(summary.id), teacher_view(conn))
+    difficulty = bucket_difficulties(conn, summary.id).get(summary.id)
+    return _bucket_out(summary, difficulty, teacher_view(conn))
 
 
 @router.get("/{name}/examples", responses={404: {"model": ErrorOut}})

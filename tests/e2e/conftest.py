@@ -26,10 +26,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -90,6 +90,18 @@ class LiveServer:
             f"command: {' '.join(self.argv)}\nreturn code: {self.proc.poll()}\n"
             f"--- stdout ---\n{self.stdout()}\n--- stderr ---\n{self.stderr()}"
         )
+
+    def wait_for(
+        self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0
+    ) -> Any:
+        """Poll ``predicate`` until it returns something truthy, which is returned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM and wait; SIGKILL the whole process group if it does not exit in time."""

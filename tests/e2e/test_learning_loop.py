@@ -65,16 +65,6 @@ def accuracy(http: httpx.Client, model: str, probes: list[dict[str, Any]]) -> fl
     return sum(t.strip() == p["target"] for t, p in zip(texts, probes, strict=True)) / len(probes)
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_promoted_version_beats_base(
     start_server: Any, tmp_path: Path, small_model_dir: str
 ) -> None:
@@ -93,7 +83,7 @@ def test_promoted_version_beats_base(
             trained = active["version"] is not None and active["adapter"]["train_step"] >= 320
             return active if trained else None
 
-        active = wait_for(
+        active = server.wait_for(
             promoted_after_training, 420, "a version promoted after 320 steps", interval=2
         )
         report = active["adapter"]["gate_report"]
@@ -138,7 +128,7 @@ def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) 
     )
     with server.client("admin") as http:
         submitted = submit_bucket(http, n=300)
-        wait_for(lambda: _checkpoint_step(data_dir) >= 20, 240, "a checkpoint at step >= 20")
+        server.wait_for(lambda: _checkpoint_step(data_dir) >= 20, 240, "a checkpoint at step >= 20")
         learner = http.get("/v1/learner").json()
         old_pid = int(learner["holder"].rsplit(":", 1)[1])
         saved_step = _checkpoint_step(data_dir)
@@ -155,7 +145,7 @@ def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) 
                 return state
             return None
 
-        state = wait_for(restarted, 120, "the restarted learner")
+        state = server.wait_for(restarted, 120, "the restarted learner")
         assert state["status"]["step"] >= saved_step, (state, saved_step)
         assert "resumed from checkpoint" in server.stderr() + server.stdout()
 

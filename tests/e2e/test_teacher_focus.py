@@ -9,7 +9,6 @@ random strings, so its probe accuracy stays at zero and shows no learning progre
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +46,6 @@ def submit(http: httpx.Client, bucket: str, examples: list[dict[str, str]]) -> N
     assert response.status_code == 202, response.text
 
 
-def wait_for_rounds(http: httpx.Client, rounds: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        teacher = http.get("/v1/teacher", params={"decisions": 1000}).json()
-        if len(teacher["decisions"]) >= rounds:
-            return dict(teacher)
-        time.sleep(1.0)
-    raise AssertionError(f"fewer than {rounds} teacher rounds after {timeout:.0f} s")
-
-
 def test_noise_bucket_gets_a_smaller_focus_share(
     start_server: Any, tmp_path: Path, small_model_dir: str
 ) -> None:
@@ -68,7 +57,12 @@ def test_noise_bucket_gets_a_smaller_focus_share(
     with server.client("admin", timeout=60) as http:
         submit(http, "noise", noise_examples(400, seed=8))
         submit(http, "sort-l1", make_examples("sort", 400, level=1, seed=7))
-        teacher = wait_for_rounds(http, ROUNDS, timeout=480)
+
+        def enough_rounds() -> dict[str, Any] | None:
+            teacher = http.get("/v1/teacher", params={"decisions": 1000}).json()
+            return dict(teacher) if len(teacher["decisions"]) >= ROUNDS else None
+
+        teacher = server.wait_for(enough_rounds, 480, f"{ROUNDS} teacher rounds")
         buckets = {b["name"]: b for b in http.get("/v1/buckets").json()}
 
     decisions = teacher["decisions"]
