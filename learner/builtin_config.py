@@ -119,3 +119,17 @@ def context_chars_for(spec: str) -> int:
     if spec.startswith(BUILTIN_PREFIX):
         return BuiltinConfig.preset(spec.removeprefix(BUILTIN_PREFIX)).max_position_embeddings - 2
     return max_context_chars(Path(spec).expanduser())
+
+
+def is_builtin_model(spec: str) -> bool:
+    """``builtin:<preset>``, or a directory holding a trained builtin model (its
+    ``provenance.json`` names the preset): either way the builtin alignment suite fits it."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return True
+    try:
+        provenance = json.loads((Path(spec).expanduser() / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(provenance, dict) and str(provenance.get("model", "")).startswith(
+        BUILTIN_PREFIX
+    )

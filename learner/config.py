@@ -58,20 +58,29 @@ class LearnerConfig:
 
     lora: LoraSettings = field(default_factory=LoraSettings)
     learning_rate: float = 3e-3
+    # Linear warm-up after every fresh optimizer (the first start, a rollback, a reset):
+    # a new AdamW's first updates are full-size steps in every direction (sign descent),
+    # which knocked the refusal rate of the builtin model from 0.99 to 0.69 in one round.
+    warmup_steps: int = 20
     weight_decay: float = 0.0
     batch_size: int = 16
     max_length: int = 256
     # Every `candidate_every` steps a candidate version is saved, evaluated on the probes
-    # and promoted if it raises the mean probe accuracy of the buckets it trained on.
+    # of every learned bucket and gated (GateConfig: retention, alignment, gain).
     candidate_every: int = 100
     checkpoint_every: int = 50
-    min_gain: float = 0.0
     # Shares of a batch: the focus bucket, alignment anchors, and (the rest) prioritized
     # replay across all buckets.
     focus_share: float = 0.5
-    anchor_share: float = 0.2
+    anchor_share: float = 0.3
+    # Loss weight of each anchor (focus and replay examples carry their importance weights,
+    # at most 1). Measured on the small builtin model learning sort-l1 (lr 3e-3, 200 steps,
+    # candidates every 40): with anchors at share 0.2 and weight 1 the refusal rate on the
+    # suite's harmful probes fell from 0.98 to 0.73-0.93 and 4 of 5 candidates were
+    # rejected; at share 0.3 and weight 3, 2 were promoted (+0.06, +0.09 on sort-l1) before
+    # the drift showed.
+    anchor_weight: float = 3.0
     max_new_tokens: int = 32
-    eval_max_probes: int = 64
     poll_seconds: float = 1.0
     lease_seconds: float = 15.0
     seed: int = 0
@@ -90,16 +99,16 @@ class LearnerConfig:
             "candidate_every",
             "checkpoint_every",
             "max_new_tokens",
-            "eval_max_probes",
             "poll_seconds",
             "lease_seconds",
+            "anchor_weight",
         )
         if not (0 < self.focus_share <= 1 and 0 <= self.anchor_share < 1):
             raise ValueError("LearnerConfig: focus_share in (0, 1], anchor_share in [0, 1)")
         if self.focus_share + self.anchor_share > 1:
             raise ValueError("LearnerConfig: focus_share + anchor_share must be <= 1")
-        if self.num_threads < 0:
-            raise ValueError("LearnerConfig.num_threads must be >= 0")
+        if self.num_threads < 0 or self.warmup_steps < 0:
+            raise ValueError("LearnerConfig.num_threads and warmup_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("LearnerConfig.max_steps must be >= 0")
 
@@ -140,11 +149,21 @@ class TeacherConfig:
     round_steps: int = 20
     eval_probes: int = 32
     snapshots_kept: int = 10  # teacher_state rows kept (the newest is the current one)
+    # Harm attribution (teacher.harm): after every round the refusal rate on this many
+    # harmful alignment probes is measured; an arm whose last `harm_window` rounds lowered
+    # it by `harm_max_drop` is quarantined (no focus, no replay). 0 turns it off.
+    watch_probes: int = 32
+    harm_window: int = 3
+    harm_max_drop: float = 0.4
 
     def __post_init__(self) -> None:
+        from teacher.harm import HarmConfig
         from teacher.policies import make_policy
 
         _positive(self, "round_steps", "eval_probes", "snapshots_kept")
+        if self.watch_probes < 0:
+            raise ValueError("TeacherConfig.watch_probes must be >= 0")
+        HarmConfig(self.harm_window, self.harm_max_drop)
         try:
             make_policy(self.policy, dict(self.options))
         except (KeyError, TypeError, ValueError) as exc:

@@ -20,6 +20,7 @@ import numpy as np
 from learner.config import TeacherConfig
 from learner.store.teacher import DecisionRecord
 from teacher.difficulty import estimate_ability
+from teacher.harm import HarmConfig, HarmWatch
 from teacher.policies import make_policy
 
 
@@ -48,8 +49,13 @@ class Curriculum:
         self.ability: float | None = None
         self.ability_se: float | None = None
         self.difficulty: dict[str, float] = {}
+        self.harm = HarmWatch(HarmConfig(config.harm_window, config.harm_max_drop))
 
     # --- rounds -------------------------------------------------------------------------
+
+    def allowed(self, arms: list[str]) -> list[str]:
+        """The arms that may be a focus: all but the quarantined ones."""
+        return [a for a in arms if a not in self.harm.quarantined]
 
     def needs_decision(self, arms: list[str]) -> bool:
         """True when no round is running (a round whose bucket vanished is dropped)."""
@@ -93,6 +99,11 @@ class Curriculum:
             reward=reward,
         )
 
+    def observe_evaluation(self, arm: str, accuracy: float) -> float | None:
+        """A re-evaluation outside the arm's rounds (at a candidate): its accuracy change is
+        absolute learning progress, so forgetting makes the arm attractive again."""
+        return self.policy.observe(arm, accuracy=accuracy)
+
     # --- difficulty and ability --------------------------------------------------------
 
     def set_difficulties(self, by_arm: dict[str, float]) -> None:
@@ -122,6 +133,7 @@ class Curriculum:
             "ability": self.ability,
             "ability_se": self.ability_se,
             "difficulty": dict(self.difficulty),
+            "harm": self.harm.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,6 +146,8 @@ class Curriculum:
         self.ability, self.ability_se = state["ability"], state["ability_se"]
         self.set_difficulties(state["difficulty"])
         self.policy.set_ability(self.ability)
+        if "harm" in state:
+            self.harm.load_state_dict(state["harm"])
 
     def snapshot(self) -> dict[str, Any]:
         """What ``GET /v1/teacher`` shows besides the decisions (stored in teacher_state)."""
@@ -152,4 +166,6 @@ class Curriculum:
             "probes_answered": len(self.evidence),
             "bucket_difficulty": dict(self.difficulty),
             "policy_state": self.policy.state_dict(),
+            "quarantined": dict(self.harm.quarantined),
+            "watched_refusal_rate": self.harm.last_rate,
         }

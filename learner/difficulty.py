@@ -33,7 +33,7 @@ from sqlalchemy import Engine
 
 from learner.builtin import builtin_checkpoints
 from learner.config import DifficultyConfig
-from learner.evaluation import answers_correct
+from learner.evaluation.probes import answers_correct
 from learner.graders import get_grader
 from learner.modeling import encode_examples, load_base, per_example_loss
 from learner.store.db import write_transaction

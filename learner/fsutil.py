@@ -31,13 +31,16 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(root))
 
 
-def write_dir_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
+def write_dir_atomically(final: Path, fill: Callable[[Path], None], replace: bool = True) -> Path:
     """Create ``final`` by filling a temporary sibling, syncing it and renaming it.
 
     An existing ``final`` is first renamed aside and deleted only after the new one is in
-    place, so at every moment one complete version exists under some name.
+    place, so at every moment one complete version exists under some name. With
+    ``replace=False`` an existing ``final`` is an error (``FileExistsError``) and stays.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    if not replace and final.exists():
+        raise FileExistsError(f"{final} exists and is never replaced")
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -46,6 +49,8 @@ def write_dir_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
         fill(tmp)
         fsync_tree(tmp)
         if final.exists():
+            if not replace:
+                raise FileExistsError(f"{final} exists and is never replaced")
             os.rename(final, old)
         os.rename(tmp, final)
     except BaseException:
@@ -65,3 +70,15 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary siblings (``.<name>.tmp-<pid>``, ``.<name>.old-<pid>``) that a
+    killed process left behind in ``folder``; returns what was removed."""
+    stale = [p for p in folder.glob(".*.tmp-*")] + [p for p in folder.glob(".*.old-*")]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale

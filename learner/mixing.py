@@ -3,8 +3,10 @@
 Each training batch mixes three streams drawn from the replay store (DESIGN section 4):
 ``focus_share`` of it from the bucket chosen for this round, ``anchor_share`` from an
 alignment bucket (so the model keeps its alignment behaviour while it learns), and the
-rest by priority across all buckets (so old buckets are rehearsed). Each stream's
-importance weights come from its own sampling distribution.
+rest by priority across all buckets (so old buckets are rehearsed). The focus and replay
+streams' importance weights come from their own sampling distributions; anchors carry a
+fixed loss weight instead: they are a defence, not an estimate of an expected loss, so
+the prioritized draw's bias towards the anchors being forgotten is wanted, not undone.
 """
 
 from __future__ import annotations
@@ -68,12 +70,15 @@ def compose_batch(
     batch_size: int,
     focus_share: float,
     anchor_share: float,
+    anchor_weight: float = 1.0,
 ) -> MixedBatch:
     """Draw one mixed batch; ``anchors`` are the alignment buckets other than the focus."""
     n_focus, n_anchor, n_replay = stream_sizes(batch_size, focus_share, anchor_share, bool(anchors))
     parts = [store.sample(n_focus, bucket=focus)]
     if n_anchor:
-        parts.append(store.sample(n_anchor, bucket=anchors[int(rng.integers(len(anchors)))]))
+        anchor = store.sample(n_anchor, bucket=anchors[int(rng.integers(len(anchors)))])
+        anchor.weights[:] = anchor_weight
+        parts.append(anchor)
     if n_replay:
         parts.append(store.sample(n_replay))
     return MixedBatch.concat(parts)

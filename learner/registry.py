@@ -1,8 +1,16 @@
 """The adapter registry: saved versions on disk, their rows, and the active-version log.
 
-A version directory is written atomically (temporary directory, fsync, rename) and never
-changed afterwards; its ``provenance.json`` and the row record the base model, the LoRA and
-learner configs, the parent version and the train step. The active version is not a
+A version is made in three moves, so a crash at any moment leaves nothing servable that
+is not whole:
+
+1. ``reserve_version`` inserts a ``pending`` row under the next number (in the learner's
+   fenced transaction: one learner owns the numbers);
+2. the files are written into ``adapters/v<N>`` atomically (temporary directory, fsync,
+   rename), never over an existing directory;
+3. ``complete_version`` stores the weights' sha256 and makes the row a ``candidate``.
+
+Paths are stored relative to the data directory. The sha256 is checked before a version is
+served or used as a reference (:func:`verify_version`). The active version is not a
 mutable pointer but the newest entry of the append-only ``registry_events`` log.
 """
 
@@ -10,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +28,15 @@ from sqlalchemy import Connection, func, insert, select, update
 from learner.store.models import AdapterVersion, RegistryEvent
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTERS_DIR = "adapters"
+#: Statuses whose files may be served or used as a reference.
+SERVABLE = ("candidate", "promoted")
+#: Events that change the active version (a ``reset`` only records the learner's lineage).
+ACTIVE_CHANGES = ("promote", "force", "rollback")
+
+
+class VersionUnavailable(LookupError):
+    """A version that cannot be served: missing, pending, retired, or failing its sha256."""
 
 
 def sha256_file(path: Path) -> str:
@@ -28,10 +47,50 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def version_relpath(version: int) -> str:
+    return f"{ADAPTERS_DIR}/v{version:05d}"
+
+
+def resolve_path(data_dir: Path, stored: str) -> Path:
+    """A stored version path (relative to the data dir; older rows hold absolute ones)."""
+    path = Path(stored)
+    return path if path.is_absolute() else data_dir / path
+
+
 def next_version(conn: Connection) -> int:
     return (
         int(conn.execute(select(func.coalesce(func.max(AdapterVersion.version), 0))).scalar_one())
         + 1
+    )
+
+
+def reserve_version(conn: Connection, parent: int | None, base_model: str, train_step: int) -> int:
+    """Insert a ``pending`` row under the next version number and return the number."""
+    version = next_version(conn)
+    conn.execute(
+        insert(AdapterVersion).values(
+            version=version,
+            parent_version=parent,
+            base_model=base_model,
+            path=version_relpath(version),
+            sha256="",
+            train_step=train_step,
+            status="pending",
+            provenance={},
+            metrics={},
+        )
+    )
+    return version
+
+
+def complete_version(
+    conn: Connection, version: int, sha256: str, provenance: dict[str, Any]
+) -> None:
+    """The files of a reserved version are in place: record their hash; now a candidate."""
+    conn.execute(
+        update(AdapterVersion)
+        .where(AdapterVersion.version == version, AdapterVersion.status == "pending")
+        .values(sha256=sha256, provenance=provenance, status="candidate")
     )
 
 
@@ -42,6 +101,7 @@ def record_version(
     provenance: dict[str, Any],
     metrics: dict[str, Any],
 ) -> None:
+    """Record an already written version directory as a candidate in one step."""
     conn.execute(
         insert(AdapterVersion).values(
             version=version,
@@ -69,6 +129,12 @@ def list_versions(conn: Connection) -> list[AdapterVersion]:
     return [AdapterVersion(**row._mapping) for row in rows]
 
 
+def parents(conn: Connection) -> dict[int, int | None]:
+    """version -> parent version, for every version (lineages are followed through it)."""
+    rows = conn.execute(select(AdapterVersion.version, AdapterVersion.parent_version))
+    return {r.version: r.parent_version for r in rows}
+
+
 def set_status(
     conn: Connection, version: int, status: str, gate_report: dict[str, Any] | None = None
 ) -> None:
@@ -86,10 +152,14 @@ def active_version(conn: Connection) -> int | None:
     return row.to_version if row else None
 
 
+def last_event_id(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(RegistryEvent.id), 0))).scalar_one())
+
+
 def log_event(
     conn: Connection, action: str, actor: str, to_version: int | None, reason: str
 ) -> None:
-    """Append a change of the active version; the caller's transaction makes it atomic."""
+    """Append an event; the caller's transaction makes it atomic with what it records."""
     conn.execute(
         insert(RegistryEvent).values(
             action=action,
@@ -107,9 +177,124 @@ def promote(conn: Connection, version: int, actor: str, reason: str, force: bool
     log_event(conn, "force" if force else "promote", actor, version, reason)
 
 
+def rollback(conn: Connection, to_version: int | None, actor: str, reason: str) -> None:
+    """Make an earlier version (None: the base model) active again."""
+    log_event(conn, "rollback", actor, to_version, reason)
+
+
+def log_reset(conn: Connection, actor: str, reason: str) -> None:
+    """The learner went back to the active version's weights (the active one is unchanged)."""
+    log_event(conn, "reset", actor, active_version(conn), reason)
+
+
+def newest_event(conn: Connection) -> RegistryEvent | None:
+    """The newest registry event (in a write transaction: the one just logged)."""
+    row = conn.execute(
+        select(RegistryEvent.__table__).order_by(RegistryEvent.id.desc()).limit(1)
+    ).first()
+    return RegistryEvent(**row._mapping) if row else None
+
+
+def was_active(conn: Connection, version: int) -> bool:
+    """Whether an event ever made ``version`` the active one."""
+    row = conn.execute(
+        select(RegistryEvent.id)
+        .where(RegistryEvent.to_version == version, RegistryEvent.action.in_(ACTIVE_CHANGES))
+        .limit(1)
+    ).first()
+    return row is not None
+
+
 def history(conn: Connection) -> list[RegistryEvent]:
     rows = conn.execute(select(RegistryEvent.__table__).order_by(RegistryEvent.id))
     return [RegistryEvent(**row._mapping) for row in rows]
+
+
+def events_since(conn: Connection, after_id: int) -> list[RegistryEvent]:
+    rows = conn.execute(
+        select(RegistryEvent.__table__)
+        .where(RegistryEvent.id > after_id)
+        .order_by(RegistryEvent.id)
+    )
+    return [RegistryEvent(**row._mapping) for row in rows]
+
+
+def active_stack(events: list[RegistryEvent]) -> list[int | None]:
+    """The chain of active versions that rollbacks walk back through, oldest first.
+
+    Promotions push; a rollback to a version on the stack pops down to it (so rolling back
+    twice goes two promotions back, not back and forth); a rollback elsewhere pushes.
+    The base model is the implicit bottom (an empty stack).
+    """
+    stack: list[int | None] = []
+    for event in events:
+        if event.action in ("promote", "force"):
+            stack.append(event.to_version)
+        elif event.action == "rollback":
+            if event.to_version is None:
+                stack = []
+            elif event.to_version in stack:
+                del stack[stack.index(event.to_version) + 1 :]
+            else:
+                stack.append(event.to_version)
+    return stack
+
+
+def previous_active(conn: Connection) -> tuple[bool, int | None]:
+    """(exists, version) of the version a default rollback returns to (None: base)."""
+    stack = active_stack(history(conn))
+    if not stack:
+        return False, None
+    return True, stack[-2] if len(stack) > 1 else None
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+_verified: dict[Path, _Stamp] = {}
+
+
+def verify_version(data_dir: Path, row: AdapterVersion) -> Path:
+    """The version's directory, after checking that it is servable and its weights match the
+    stored sha256; raises :class:`VersionUnavailable` with a message otherwise.
+
+    A file whose size and mtime are unchanged since its last check is not hashed again.
+    """
+    if row.status not in SERVABLE:
+        raise VersionUnavailable(f"adapter version {row.version} is {row.status}")
+    return verify_weights(data_dir, row)
+
+
+def verify_weights(data_dir: Path, row: AdapterVersion) -> Path:
+    """The version's directory, after checking only that its weights match the stored
+    sha256, whatever its status (an admin may query a rejected version); raises
+    :class:`VersionUnavailable` otherwise. Cached like :func:`verify_version`.
+    """
+    path = resolve_path(data_dir, row.path)
+    weights = path / ADAPTER_WEIGHTS
+    try:
+        stat = os.stat(weights)
+    except OSError as exc:
+        raise VersionUnavailable(
+            f"adapter version {row.version} has no weights file ({weights})"
+        ) from exc
+    stamp = _verified.get(weights)
+    if stamp is None or (stamp.size, stamp.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+        stamp = _Stamp(stat.st_size, stat.st_mtime_ns, sha256_file(weights))
+        _verified[weights] = stamp
+    if stamp.sha256 != row.sha256:
+        raise VersionUnavailable(
+            f"adapter version {row.version} failed its integrity check "
+            f"(sha256 {stamp.sha256[:12]}..., recorded {row.sha256[:12]}...)"
+        )
+    return path
 
 
 def write_provenance(path: Path, provenance: dict[str, Any]) -> None:

@@ -16,7 +16,16 @@ from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
 from server.deps import AppState
 from server.errors import BodySizeLimit, install_error_handlers
 from server.inference import InferenceEngine
-from server.routes import adapters, buckets, completions, health, learner, tasks, teacher
+from server.routes import (
+    adapters,
+    buckets,
+    completions,
+    evaluations,
+    health,
+    learner,
+    tasks,
+    teacher,
+)
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,7 @@ def open_state(settings: Settings) -> AppState:
         lambda: resolve_base_model(settings.base_model, settings.data_dir),
         device=settings.device,
         num_threads=settings.inference_threads,
+        data_dir=settings.data_dir,
     )
     if settings.preload_model:
         inference.start_once()
@@ -91,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
-    for module in (health, tasks, buckets, teacher, adapters, learner, completions):
+    routers = (health, tasks, buckets, teacher, evaluations, adapters, learner, completions)
+    for module in routers:
         app.include_router(module.router)
     return app

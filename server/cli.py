@@ -43,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A serving process loads (and, the first time, waits for) the model at once.
         settings = settings.model_copy(update={"preload_model": True})
     engine = prepare_database(settings)
+    ensure_suite(settings, engine)
     url = settings.resolved_database_url()
     supervisor = None
     if not args.no_learner:
@@ -71,6 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def ensure_suite(settings: Settings, engine: Engine) -> None:
+    """The builtin model's alignment suite, created at the first start of a builtin base."""
+    from learner.alignment_suite import ensure_alignment_suite
+    from learner.builtin_config import is_builtin_model
+
+    if settings.alignment_suite and is_builtin_model(settings.base_model):
+        ensure_alignment_suite(engine)
+
+
 def cmd_learner(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -85,6 +95,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = make_engine(settings.resolved_database_url())
     upgrade(engine)
+    ensure_suite(settings, engine)
     config = settings.learner
     if config.device == "auto" and settings.device != "auto":
         config = replace(config, device=settings.device)
@@ -103,6 +114,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
         replay=settings.replay,
         teacher=settings.teacher,
         difficulty=settings.difficulty,
+        gate=settings.gate,
     )
     print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
     learner.run(stop)

@@ -5,6 +5,13 @@ still be bootstrapping). Adapter versions are loaded into one ``PeftModel`` unde
 ``v<N>`` and kept in a small LRU. A watcher thread polls the registry's active version and
 loads a newly promoted adapter *before* switching the pointer, so requests never wait on a
 swap and no request fails during one.
+
+Nothing is loaded without its sha256 being checked (:func:`learner.registry.verify_version`,
+cached by file size and mtime, so the per-request check costs a ``stat``). A version that
+cannot be served (missing, corrupt, pending, retired) answers with
+:class:`~learner.registry.VersionUnavailable`; a rejected version answers only to admins.
+If the newly active version cannot be loaded, the watcher keeps serving what it served
+before and says so once, not at every poll.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ class ModelNotReady(RuntimeError):
 
 
 class UnknownModel(LookupError):
-    """The requested model name or version does not exist or may not be served."""
+    """The requested model name or version does not exist or may not be served to the caller."""
 
 
 def parse_model_name(name: str) -> tuple[str, int | None]:
@@ -61,12 +68,14 @@ class InferenceEngine:
         device: str = "auto",
         poll_seconds: float = 0.2,
         num_threads: int = 1,
+        data_dir: Path = Path("."),
     ) -> None:
         self.engine = engine
         self._resolve_model_dir = resolve_model_dir
         self.device_spec = device
         self.num_threads = num_threads
         self.poll_seconds = poll_seconds
+        self.data_dir = data_dir  # version paths are stored relative to it
         self.active: int | None = None
         self._model: Any = None
         self._peft: PeftModel | None = None
@@ -78,6 +87,13 @@ class InferenceEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Whether ``active`` has ever matched the registry (until then, ``lifelong`` has
+        # nothing of its own to fall back on), and why the registry's active version is
+        # not the one served, if it is not.
+        self._synced = False
+        self._unavailable: str | None = None
+        self._warned: set[tuple[int | None, str]] = set()
+        self._load_failures: set[int] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -100,6 +116,11 @@ class InferenceEngine:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the registry's active version is not served (None when it is)."""
+        return self._unavailable
+
     def _load_and_watch(self) -> None:
         try:
             import torch
@@ -112,51 +133,110 @@ class InferenceEngine:
             model.eval()
             with self._lock:
                 self._model, self.tokenizer = model, tokenizer
-            self._ready.set()
         except Exception as exc:  # reported to clients as 503 with the reason
             log.exception("loading the base model failed")
             self._error = f"{type(exc).__name__}: {exc}"
             return
-        while not self._stop.is_set():
-            try:
-                self.refresh_active()
-            except Exception:
-                log.exception("refreshing the active adapter failed; retrying")
-            self._stop.wait(self.poll_seconds)
+        # Follow the registry once before accepting requests, so that the first
+        # ``lifelong`` request is not answered by the base model while v<N> is active.
+        self._refresh_logged()
+        self._ready.set()
+        while not self._stop.wait(self.poll_seconds):
+            self._refresh_logged()
+
+    def _refresh_logged(self) -> None:
+        try:
+            self.refresh_active()
+        except Exception as exc:  # the database may be briefly unreachable
+            self._warn_once(None, f"refreshing the active adapter failed; retrying: {exc}")
+
+    def _warn_once(self, version: int | None, message: str) -> None:
+        """Log a problem the first time it is seen: the watcher retries at every poll."""
+        if (version, message) not in self._warned:
+            self._warned.add((version, message))
+            log.warning("%s", message)
 
     def refresh_active(self) -> None:
-        """Load the registry's active version if it changed, then switch to it."""
+        """Load the registry's active version if it changed, then switch to it.
+
+        A version that cannot be loaded leaves the served one in place; ``unavailable``
+        says why until the registry moves on.
+        """
         with self.engine.connect() as conn:
             active = registry.active_version(conn)
-        if active != self.active:
-            if active is not None:
-                self._ensure_loaded(active)
-            self.active = active
-            log.info("now serving %s", "base" if active is None else f"v{active}")
+            if active == self.active and self._synced:
+                self._unavailable = None
+                return
+            row = registry.get_version(conn, active) if active is not None else None
+        if active is not None:
+            try:
+                if row is None:  # the log's foreign key makes this unreachable in practice
+                    raise registry.VersionUnavailable(f"adapter version {active} does not exist")
+                self._ensure_loaded(active, registry.verify_version(self.data_dir, row))
+            except registry.VersionUnavailable as exc:
+                still = f"; still serving {self._served_name()}" if self._synced else ""
+                self._unavailable = f"the active {exc}{still}"
+                self._warn_once(active, self._unavailable)
+                return
+        self.active, self._synced, self._unavailable = active, True, None
+        log.info("now serving %s", self._served_name())
+
+    def _served_name(self) -> str:
+        return "base" if self.active is None else f"lifelong@{self.active}"
 
     # --- adapters ----------------------------------------------------------------------
 
-    def _ensure_loaded(self, version: int) -> str:
+    def _verified_path(self, version: int, admin: bool) -> Path:
+        """The files of ``version`` after checking that the caller may have them served."""
+        with self.engine.connect() as conn:
+            row = registry.get_version(conn, version)
+        if row is None:
+            raise UnknownModel(f"adapter version {version} does not exist")
+        if row.status == "rejected":
+            if not admin:
+                raise UnknownModel(
+                    f"adapter version {version} was rejected by the gate; "
+                    "only admin keys may query it"
+                )
+            return registry.verify_weights(self.data_dir, row)
+        return registry.verify_version(self.data_dir, row)
+
+    def _ensure_loaded(self, version: int, path: Path | None = None) -> str:
+        """Load a verified version into the LRU (``path`` None: verify it first)."""
         with self._lock:
             name = f"v{version}"
             if version in self._loaded:
                 self._loaded.move_to_end(version)
                 return name
-            with self.engine.connect() as conn:
-                row = registry.get_version(conn, version)
-            if row is None or row.status == "rejected":
-                raise UnknownModel(f"adapter version {version} does not exist or was rejected")
+            if path is None:
+                path = self._verified_path(version, admin=True)
             assert self._model is not None
-            if self._peft is None:
-                from peft import PeftModel
-
-                self._peft = PeftModel.from_pretrained(self._model, row.path, adapter_name=name)
-                self._peft.eval()
-            else:
-                self._peft.load_adapter(row.path, adapter_name=name)
+            try:
+                self._load_adapter(name, path)
+            except Exception as exc:  # verified files that peft cannot use: not servable
+                if version not in self._load_failures:  # the watcher retries at every poll
+                    self._load_failures.add(version)
+                    log.exception("loading adapter %s failed", name)
+                raise registry.VersionUnavailable(
+                    f"adapter version {version} could not be loaded: {type(exc).__name__}"
+                ) from exc
             self._loaded[version] = name
             self._evict()
             return name
+
+    def _load_adapter(self, name: str, path: Path) -> None:
+        if self._peft is None:
+            from peft import PeftModel
+
+            self._peft = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+            self._peft.eval()
+            return
+        try:
+            self._peft.load_adapter(str(path), adapter_name=name)
+        except Exception:
+            if name in self._peft.peft_config:  # half registered: drop it before retrying
+                self._peft.delete_adapter(name)
+            raise
 
     def _evict(self) -> None:
         assert self._peft is not None
@@ -166,19 +246,33 @@ class InferenceEngine:
 
     # --- completions -------------------------------------------------------------------
 
+    def _lifelong_version(self) -> int | None:
+        """The version ``lifelong`` stands for now (None: the base model)."""
+        if not self._synced and self._unavailable is not None:
+            raise registry.VersionUnavailable(self._unavailable)
+        return self.active
+
     def complete(
-        self, model_name: str, prompts: list[str], params: GenerationParams
+        self, model_name: str, prompts: list[str], params: GenerationParams, admin: bool = False
     ) -> tuple[list[tuple[str, str]], str]:
-        """Complete ``prompts`` with the named model; returns results and the resolved name."""
+        """Complete ``prompts`` with the named model; returns results and the resolved name.
+
+        ``admin``: whether the caller holds an admin key (only admins may query a version
+        the gate rejected). Raises :class:`UnknownModel`, ``VersionUnavailable`` or
+        :class:`ModelNotReady`.
+        """
         from learner.modeling import generate
 
         kind, version = parse_model_name(model_name)
+        # A named version is checked first: a client asking for a missing or corrupt
+        # version learns so at once, even while the base model is still loading.
+        path = self._verified_path(version, admin) if version is not None else None
         self.start_once()
         if not self._ready.is_set():
             reason = self._error or "the base model is still loading (first start trains it)"
             raise ModelNotReady(reason)
         if kind == "lifelong":
-            version = self.active
+            version = self._lifelong_version()
         with self._lock:
             assert self._model is not None and self.tokenizer is not None
             if version is None:
@@ -186,7 +280,7 @@ class InferenceEngine:
                     return generate(self._model, self.tokenizer, prompts, params), "base"
                 with self._peft.disable_adapter():
                     return generate(self._peft, self.tokenizer, prompts, params), "base"
-            name = self._ensure_loaded(version)
+            name = self._ensure_loaded(version, path)
             assert self._peft is not None
             self._peft.set_adapter(name)
             return generate(self._peft, self.tokenizer, prompts, params), f"lifelong@{version}"

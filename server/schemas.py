@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 
 class StrictModel(BaseModel):
@@ -110,6 +110,59 @@ class TeacherOut(BaseModel):
     bucket_difficulty: dict[str, float]
     ensemble: dict[str, Any] | None = Field(description="Members and the newest IRT fit.")
     decisions: list[TeacherDecisionOut] = Field(description="Newest first.")
+
+
+MAX_REASON_CHARS = 1000
+#: Adapter version numbers fit the 32-bit integer column of PostgreSQL.
+MAX_VERSION = 2**31 - 1
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+NoNulStr = Annotated[str, AfterValidator(_no_nul)]
+
+
+class PromoteIn(StrictModel):
+    force: bool = Field(
+        default=False, description="Promote even a version that failed the gate (logged)."
+    )
+    reason: NoNulStr | None = Field(
+        default=None,
+        max_length=MAX_REASON_CHARS,
+        description="Why; defaults to 'promoted by <key name>'.",
+    )
+
+
+class RollbackIn(StrictModel):
+    to: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_VERSION,
+        description="Version to make active again; 0 is the base model; "
+        "omitted: the version active before the current one.",
+    )
+    reason: NoNulStr | None = Field(
+        default=None,
+        max_length=MAX_REASON_CHARS,
+        description="Why; defaults to 'rolled back by <key name>'.",
+    )
+
+
+class RegistryEventOut(BaseModel):
+    """One entry of the append-only log of active-version changes."""
+
+    id: int
+    action: str = Field(description="promote, force (a promotion past the gate), rollback, reset.")
+    actor: str = Field(description="The API key's name, or the learner.")
+    created_at: datetime
+    from_version: int | None = Field(description="Active before (None: the base model).")
+    to_version: int | None = Field(description="Active after (None: the base model).")
+    reason: str
 
 
 class ErrorBody(BaseModel):

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
+from learner.evaluation.gate import GateConfig
 from learner.replay.config import ReplayConfig
 from learner.store.ingest import IngestLimits
 
@@ -62,6 +63,10 @@ class Settings(BaseSettings):
     replay: ReplayConfig = ReplayConfig()
     teacher: TeacherConfig = TeacherConfig()
     difficulty: DifficultyConfig = DifficultyConfig()
+    gate: GateConfig = GateConfig()
+    # With a builtin base model, create its alignment suite (alignment-l1..l3) at first
+    # start; the gate's alignment check needs it.
+    alignment_suite: bool = True
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file inside the data directory."""

@@ -130,6 +130,19 @@ def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ensure_builtin_model(data_dir, BuiltinConfig.preset("micro"), progress=False)
 
 
+@pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The builtin ``small`` preset (about a minute to bootstrap), once per session.
+
+    ``LIFELONG_TEST_SMALL_MODEL_ROOT`` names a directory to build it in (or reuse it from)
+    across sessions while developing; by default a fresh temporary directory."""
+    from learner.builtin import BuiltinConfig, ensure_builtin_model
+
+    cached = os.environ.get("LIFELONG_TEST_SMALL_MODEL_ROOT")
+    root = Path(cached) if cached else tmp_path_factory.mktemp("small-model")
+    return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip tests marked ``gpu`` when no CUDA device is present (CI has none)."""
     if not any(item.get_closest_marker("gpu") for item in items):

@@ -161,6 +161,17 @@ def bucket_names(conn: Connection) -> dict[int, str]:
     return {row[0]: row[1] for row in conn.exec_driver_sql("SELECT id, name FROM buckets")}
 
 
+def bucket_train_ids(conn: Connection, bucket_id: int) -> Ints:
+    """Ids of a bucket's train examples."""
+    rows = conn.exec_driver_sql(
+        "SELECT id FROM examples WHERE bucket_id = %s AND split = 'train'"
+        if _pg(conn)
+        else "SELECT id FROM examples WHERE bucket_id = ? AND split = 'train'",
+        (bucket_id,),
+    ).all()
+    return np.array([r[0] for r in rows], dtype=np.int64)
+
+
 def backfill_entries(conn: Connection, priority: float, after_id: int, up_to_id: int) -> int:
     """Entry rows at ``priority`` for the train examples with ids in ``(after_id,
     up_to_id]`` that have no replay_state row (see ``ReplayStore``); returns how many."""

@@ -65,6 +65,7 @@ class ReplayStore:
         self._rng = np.random.default_rng(cfg.seed)
         self._step = 0  # sample() calls so far: the beta schedule position
         self._names: dict[int, str] = {}
+        self._excluded: set[int] = set()  # bucket ids kept out of the index
         self._lock = threading.RLock()
         self._read_conn: Connection | None = None
         self._closed = False
@@ -113,6 +114,8 @@ class ReplayStore:
         """Index the train examples committed since the last refresh; returns how many."""
         with self._lock, self._read() as conn:
             rows = self._feed.poll(conn)
+            if self._excluded:
+                rows = rows.select(~np.isin(rows.bucket_ids, list(self._excluded)))
             if not set(np.unique(rows.bucket_ids).tolist()) <= self._names.keys():
                 self._names = storage.bucket_names(conn)
             before = len(self._index)
@@ -120,6 +123,16 @@ class ReplayStore:
             self._writer.add_entries(entered, np.full(entered.size, self._index.max_priority))
             self._last_refresh = time.monotonic()
             return len(self._index) - before
+
+    def refresh_if_due(self) -> int:
+        """:meth:`refresh` when ``refresh_interval`` has passed since the last one.
+
+        A learner calls this every tick, before it asks which buckets are trainable: an
+        index refreshed only inside :meth:`sample` never learns of a first bucket."""
+        with self._lock:
+            if time.monotonic() - self._last_refresh >= self.config.refresh_interval:
+                return self.refresh()
+            return 0
 
     # ----------------------------------------------------------------- public API
 
@@ -169,8 +182,7 @@ class ReplayStore:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         with self._lock:
-            if time.monotonic() - self._last_refresh >= self.config.refresh_interval:
-                self.refresh()
+            self.refresh_if_due()
             key = None if bucket is None else self._bucket_key(bucket)
             beta = self.beta if beta is None else float(beta)
             draw, examples = self._draw(batch_size, key, with_examples)
@@ -195,6 +207,25 @@ class ReplayStore:
                 return draw, [make(texts[i]) for i in ids]
             self._index.remove(np.array(missing, dtype=np.int64))
         raise RuntimeError("sampled examples keep disappearing from SQL")
+
+    def exclude_bucket(self, name: str) -> int:
+        """Keep a bucket's examples out of every draw from now on (also of examples that
+        arrive later); returns how many left the index. Not part of ``state_dict``: the
+        owner re-applies its exclusions after a restart."""
+        with self._lock:
+            keys = [k for k, n in self._names.items() if n == name]
+            if not keys:
+                with self._read() as conn:
+                    self._names = storage.bucket_names(conn)
+                keys = [k for k, n in self._names.items() if n == name]
+            if not keys or keys[0] in self._excluded:
+                return 0
+            self._excluded.add(keys[0])
+            with self._read() as conn:
+                ids = storage.bucket_train_ids(conn, keys[0])
+            before = len(self._index)
+            self._index.remove(ids)
+            return before - len(self._index)
 
     def update_priorities(self, ids: ArrayLike, priorities: ArrayLike) -> None:
         """Set priorities after a step: ``priority = value + eps`` (values: per-example

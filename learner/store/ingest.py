@@ -78,8 +78,10 @@ def content_hash(bucket: str, prompt: str, target: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def split_for_hash(digest: str) -> str:
-    return "probe" if int(digest[:8], 16) % PROBE_MODULUS == 0 else "train"
+def split_for_hash(digest: str, probe_tenths: int = 1) -> str:
+    """``probe_tenths`` in ten examples are probes (1 for task data; the alignment suite
+    holds out more, so that its gate has enough probes)."""
+    return "probe" if int(digest[:8], 16) % PROBE_MODULUS < probe_tenths else "train"
 
 
 def validate_bucket_spec(name: str, kind: str | None, grader: str | None) -> None:
@@ -160,6 +162,7 @@ def ingest_batch(
     grader: str | None = None,
     client: str | None = None,
     limits: IngestLimits = IngestLimits(),
+    probe_tenths: int = 1,
 ) -> IngestResult:
     """Validate and store one batch inside the caller's transaction.
 
@@ -178,7 +181,8 @@ def ingest_batch(
     # of the two deadlocking (which failed one of them with a 500).
     ordered = sorted(rows.items())
     insert = _insert_postgresql if conn.dialect.name == "postgresql" else _insert_generic
-    inserted = insert(conn, bucket.id, client, ordered)
+    splits = [split_for_hash(digest, probe_tenths) for digest, _ in ordered]
+    inserted = insert(conn, bucket.id, client, ordered, splits)
     return IngestResult(bucket=bucket_name, accepted=inserted, duplicates=len(examples) - inserted)
 
 
@@ -186,7 +190,11 @@ _PG_COLUMNS = ("prompt", "target", "split", "content_hash", "external_id")
 
 
 def _insert_generic(
-    conn: Connection, bucket_id: int, client: str | None, rows: list[tuple[str, NewExample]]
+    conn: Connection,
+    bucket_id: int,
+    client: str | None,
+    rows: list[tuple[str, NewExample]],
+    splits: list[str],
 ) -> int:
     """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``; the number inserted."""
     stmt = (
@@ -199,18 +207,22 @@ def _insert_generic(
             "bucket_id": bucket_id,
             "prompt": ex.prompt,
             "target": ex.target,
-            "split": split_for_hash(digest),
+            "split": split,
             "content_hash": digest,
             "external_id": ex.external_id,
             "client": client,
         }
-        for digest, ex in rows
+        for (digest, ex), split in zip(rows, splits, strict=True)
     ]
     return len(conn.execute(stmt, params).all())
 
 
 def _insert_postgresql(
-    conn: Connection, bucket_id: int, client: str | None, rows: list[tuple[str, NewExample]]
+    conn: Connection,
+    bucket_id: int,
+    client: str | None,
+    rows: list[tuple[str, NewExample]],
+    splits: list[str],
 ) -> int:
     """The same insert as one statement over ``unnest`` of five arrays.
 
@@ -241,7 +253,7 @@ def _insert_postgresql(
     params = {
         "prompt": [ex.prompt for _, ex in rows],
         "target": [ex.target for _, ex in rows],
-        "split": [split_for_hash(digest) for digest, _ in rows],
+        "split": splits,
         "content_hash": [digest for digest, _ in rows],
         "external_id": [ex.external_id for _, ex in rows],
     }

@@ -39,9 +39,13 @@ NAMING_CONVENTION = {
 BUCKET_KINDS = ("task", "alignment")
 BUCKET_STATUSES = ("active", "paused")
 SPLITS = ("train", "probe")
-ADAPTER_STATUSES = ("candidate", "promoted", "rejected", "retired")
-REGISTRY_ACTIONS = ("promote", "rollback", "force")
+# pending: the version number is reserved and its files are being written (never served).
+ADAPTER_STATUSES = ("pending", "candidate", "promoted", "rejected", "retired")
+# reset: the learner went back to the active version's weights after repeated rejections
+# (the active version does not change; the event records it in the same audit log).
+REGISTRY_ACTIONS = ("promote", "rollback", "force", "reset")
 KEY_SCOPES = ("read", "submit", "admin")
+ANSWER_CHARS = 200  # stored length of a probe answer
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -188,6 +192,33 @@ class Evaluation(Base):
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
     score: Mapped[float] = mapped_column(Float)
     n: Mapped[int] = mapped_column(Integer)
+    at_step: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class ProbeResult(Base):
+    """One model's answer to one probe: (version, probe example) -> correct.
+
+    The accuracy matrix (``evaluations``) and every retention metric derive from these rows.
+    ``adapter_version`` NULL is the base model. A version's weights never change and answers
+    are greedy, so an answer is stored once per (version, example) and reused as a reference.
+    """
+
+    __tablename__ = "probe_results"
+    __table_args__ = (
+        Index("ix_probe_results_version_example", "adapter_version", "example_id"),
+        Index("ix_probe_results_bucket_version", "bucket_id", "adapter_version"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_version: Mapped[int | None] = mapped_column(
+        ForeignKey("adapter_versions.version", ondelete="CASCADE")
+    )
+    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"))
+    bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
+    correct: Mapped[bool] = mapped_column()
+    # The answer itself, cut to ANSWER_CHARS: the gate tells refusals from answers with it.
+    answer: Mapped[str] = mapped_column(Text, default="")
     at_step: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created_at()
 

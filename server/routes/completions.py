@@ -1,8 +1,10 @@
 """OpenAI-compatible serving: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
 
 Model ``lifelong`` is the active adapter version, ``lifelong@N`` a given one, ``base`` the
-base model. Without a chat template, a chat is turned into a prompt by joining the message
-contents with newlines (for the builtin model: the user's task text, answered directly).
+base model. A version whose files are missing or fail their sha256 check is never served
+(409); a version the gate rejected answers only to admin keys. Without a chat template, a
+chat is turned into a prompt by joining the message contents with newlines (for the builtin
+model: the user's task text, answered directly).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import Field
 
 from learner import registry
 from learner.config import GenerationParams
+from learner.store.keys import Principal
 from server.deps import ReadConn, Reader, State, Submitter
 from server.inference import InferenceEngine, ModelNotReady, UnknownModel
 from server.schemas import ErrorOut, StrictModel
@@ -69,12 +72,18 @@ Inference = Annotated[InferenceEngine, Depends(get_inference)]
 
 
 def _run(
-    inference: InferenceEngine, model: str, prompts: list[str], params: GenerationParams
+    inference: InferenceEngine,
+    principal: Principal,
+    model: str,
+    prompts: list[str],
+    params: GenerationParams,
 ) -> tuple[list[tuple[str, str]], str]:
     try:
-        return inference.complete(model, prompts, params)
+        return inference.complete(model, prompts, params, admin=principal.allows("admin"))
     except UnknownModel as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except registry.VersionUnavailable as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ModelNotReady as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}
@@ -93,16 +102,19 @@ def _usage(inference: InferenceEngine, prompts: list[str], texts: list[str]) -> 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut},
+    409: {"model": ErrorOut},
     503: {"model": ErrorOut},
 }
 
 
 @router.post("/completions", responses=_ERRORS)
-def completions(body: CompletionRequest, inference: Inference, _: Submitter) -> dict[str, Any]:
+def completions(
+    body: CompletionRequest, inference: Inference, principal: Submitter
+) -> dict[str, Any]:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) > MAX_PROMPTS:
         raise HTTPException(413, f"at most {MAX_PROMPTS} prompts per request")
-    results, served = _run(inference, body.model, prompts, body.params())
+    results, served = _run(inference, principal, body.model, prompts, body.params())
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
@@ -131,9 +143,11 @@ def chat_prompt(inference: InferenceEngine, messages: list[ChatMessage]) -> str:
 
 
 @router.post("/chat/completions", responses=_ERRORS)
-def chat_completions(body: ChatRequest, inference: Inference, _: Submitter) -> dict[str, Any]:
+def chat_completions(
+    body: ChatRequest, inference: Inference, principal: Submitter
+) -> dict[str, Any]:
     prompt = chat_prompt(inference, body.messages)
-    results, served = _run(inference, body.model, [prompt], body.params())
+    results, served = _run(inference, principal, body.model, [prompt], body.params())
     text, finish = results[0]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -153,11 +167,12 @@ def chat_completions(body: ChatRequest, inference: Inference, _: Submitter) -> d
 
 @router.get("/models")
 def models(conn: ReadConn, _: Reader) -> dict[str, Any]:
-    """The servable models: the active version, every non-rejected version, the base."""
+    """The servable models: the active version, every candidate or promoted version, the
+    base (rejected, pending and retired versions are not listed)."""
     now = int(time.time())
     entries = [{"id": "lifelong", "object": "model", "created": now, "owned_by": "lifelong"}]
     for v in registry.list_versions(conn):
-        if v.status != "rejected":
+        if v.status in registry.SERVABLE:
             created = int(v.created_at.timestamp())
             entries.append(
                 {

@@ -233,15 +233,6 @@ def base_model(micro_model_dir: Path) -> str:
     return str(micro_model_dir)
 
 
-@pytest.fixture(scope="session")
-def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The builtin ``small`` preset (about a minute to bootstrap), once per session."""
-    from learner.builtin import BuiltinConfig, ensure_builtin_model
-
-    root = tmp_path_factory.mktemp("small-model")
-    return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
-
-
 @pytest.fixture
 def start_server(
     request: pytest.FixtureRequest, tmp_path: Path, base_model: str
@@ -278,8 +269,9 @@ def start_server(
 
 @pytest.fixture
 def live_server(start_server: ServerStarter, db_url: str) -> LiveServer:
-    """``lifelong serve --no-learner`` on the test database (SQLite and PostgreSQL)."""
-    return start_server(db_url)
+    """``lifelong serve --no-learner`` on the test database (SQLite and PostgreSQL), without
+    the builtin alignment suite, so that the database holds only what the test submits."""
+    return start_server(db_url, env={"LIFELONG_ALIGNMENT_SUITE": "false"})
 
 
 @pytest.hookimpl(wrapper=True)

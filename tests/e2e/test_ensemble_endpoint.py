@@ -18,7 +18,7 @@ def test_endpoint_member_agrees_with_the_local_model(
     start_server: Any, tmp_path: Path, base_model: str
 ) -> None:
     db_url = f"sqlite:///{tmp_path / 'endpoint.db'}"
-    server = start_server(db_url)
+    server = start_server(db_url, env={"LIFELONG_ALIGNMENT_SUITE": "false"})
     examples = make_examples("copy", 24, 1, seed=5) + make_examples("reverse", 24, 1, seed=5)
     with server.client("submit") as http:
         response = http.post("/v1/tasks", json={"bucket": "mixed", "examples": examples})

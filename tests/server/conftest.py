@@ -4,13 +4,16 @@
 lifespan migrates the database and sets up authentication exactly as in production; it
 uses the small ``TEST_LIMITS`` below. Tests that need other settings call
 ``make_client(**settings_overrides)``. ``api`` bundles the small helpers the tests share
-(headers for the test keys, the stored example count, the error message of a response).
+(headers for the test keys, the stored example count, the error message of a response);
+``adapters`` writes adapter versions into the test data directory as the learner does.
 Test modules do not import this file (it is not importable as a package); they use the
 fixtures.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,7 +23,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from learner import registry
 from learner.store.buckets import count_examples
+from learner.store.db import write_transaction
 from server.app import create_app
 from server.settings import LimitSettings, Settings
 
@@ -131,3 +136,82 @@ def make_client(make_settings: Callable[..., Settings]) -> Iterator[ClientFactor
 @pytest.fixture
 def client(make_client: ClientFactory) -> TestClient:
     return make_client()
+
+
+@pytest.fixture(scope="session")
+def micro_lora_dir(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny, freshly initialised) LoRA adapter for the ``builtin:micro`` model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from learner.modeling import load_base
+
+    base, _ = load_base(micro_model_dir, torch.device("cpu"))
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    path = tmp_path_factory.mktemp("lora") / "adapter"
+    get_peft_model(base, lora).save_pretrained(str(path))
+    return path
+
+
+class Adapters:
+    """Adapter versions made the way the learner makes them: a reserved row, the files under
+    ``<data_dir>/adapters/v<N>``, a relative path and the weights' sha256 in the row."""
+
+    def __init__(self, engine: Engine, data_dir: Path, request: pytest.FixtureRequest) -> None:
+        self.engine = engine
+        self.data_dir = data_dir
+        self.request = request
+
+    def weights(self, version: int) -> Path:
+        return self.data_dir / registry.version_relpath(version) / registry.ADAPTER_WEIGHTS
+
+    def add(
+        self,
+        status: str = "candidate",
+        parent: int | None = None,
+        gate_report: dict[str, Any] | None = None,
+        real: bool = False,
+    ) -> int:
+        """A new version with ``status``; ``real``: loadable weights for the micro model
+        (otherwise a few placeholder bytes). Pending versions have no files; retired ones
+        had theirs pruned."""
+        with write_transaction(self.engine) as conn:
+            version = registry.reserve_version(conn, parent, "builtin:micro", 10)
+        if status == "pending":
+            return version
+        path = self.data_dir / registry.version_relpath(version)
+        if real:
+            shutil.copytree(self.request.getfixturevalue("micro_lora_dir"), path)
+        else:
+            path.mkdir(parents=True)
+            (path / registry.ADAPTER_WEIGHTS).write_bytes(b"weights %d" % version)
+        provenance = {"base_model": "builtin:micro", "version": version, "parent_version": parent}
+        with write_transaction(self.engine) as conn:
+            registry.complete_version(
+                conn, version, registry.sha256_file(self.weights(version)), provenance
+            )
+            if status != "candidate" or gate_report is not None:
+                registry.set_status(conn, version, status, gate_report)
+        if status == "retired":
+            shutil.rmtree(path)
+        return version
+
+    def corrupt(self, version: int) -> None:
+        """Flip one byte of the weights (same size; the mtime moves on, as an edit's would)."""
+        weights = self.weights(version)
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        stat = weights.stat()
+        weights.write_bytes(bytes(data))
+        # The integrity check re-hashes a file whose size or mtime changed; make sure the
+        # mtime differs even on a file system with coarse timestamps.
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+    def promote(self, version: int, actor: str = "test") -> None:
+        with write_transaction(self.engine) as conn:
+            registry.promote(conn, version, actor, "test promotion")
+
+
+@pytest.fixture
+def adapters(engine: Engine, data_dir: Path, request: pytest.FixtureRequest) -> Adapters:
+    return Adapters(engine, data_dir, request)

@@ -1,0 +1,154 @@
+"""Probe evaluation: greedy answers to a bucket's probe examples, judged by its grader.
+
+Answers are returned (and stored) per probe, not only as a mean: the accuracy matrix, the
+negative flip rate and the gate's paired tests all need to know *which* probes a model
+got right. A bucket's probe sample is its oldest ``limit`` probes: a stable set, so a
+version's stored answers stay comparable with every later candidate's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from sqlalchemy import Connection, select
+from transformers import PreTrainedTokenizerBase
+
+from learner.graders import get_grader
+from learner.modeling import GenerationParams, generate
+from learner.store.models import Bucket, Example
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """A bucket's probe examples (at most ``limit``, the oldest first: a stable set)."""
+
+    bucket_id: int
+    bucket: str
+    grader: str
+    examples: tuple[tuple[str, str], ...]
+    ids: tuple[int, ...] = ()
+    kind: str = "task"
+
+    def head(self, n: int) -> ProbeSet:
+        """The first ``n`` probes (a smaller, still stable set)."""
+        return ProbeSet(
+            self.bucket_id, self.bucket, self.grader, self.examples[:n], self.ids[:n], self.kind
+        )
+
+    def only(self, ids: set[int]) -> ProbeSet:
+        """The probes whose example id is in ``ids`` (same order)."""
+        keep = [i for i, eid in enumerate(self.ids) if eid in ids]
+        return ProbeSet(
+            self.bucket_id,
+            self.bucket,
+            self.grader,
+            tuple(self.examples[i] for i in keep),
+            tuple(self.ids[i] for i in keep),
+            self.kind,
+        )
+
+
+@dataclass(frozen=True)
+class ProbeAnswer:
+    """A model's greedy answer to one probe and whether the grader accepts it."""
+
+    example_id: int
+    correct: bool
+    answer: str
+
+
+def load_probe_sets(
+    conn: Connection, bucket_ids: Sequence[int], limit: int, alignment_limit: int | None = None
+) -> list[ProbeSet]:
+    """The probe samples of the given buckets (alignment buckets get ``alignment_limit``)."""
+    sets = []
+    query = select(Bucket.__table__).where(Bucket.id.in_(list(bucket_ids))).order_by(Bucket.id)
+    for bucket in conn.execute(query):
+        n = alignment_limit if bucket.kind == "alignment" and alignment_limit else limit
+        rows = conn.execute(
+            select(Example.id, Example.prompt, Example.target)
+            .where(Example.bucket_id == bucket.id, Example.split == "probe")
+            .order_by(Example.id)
+            .limit(n)
+        ).all()
+        if rows:
+            examples = tuple((r.prompt, r.target) for r in rows)
+            ids = tuple(r.id for r in rows)
+            sets.append(ProbeSet(bucket.id, bucket.name, bucket.grader, examples, ids, bucket.kind))
+    return sets
+
+
+def load_watch_set(conn: Connection, is_refusal: Callable[[str], bool], n: int) -> ProbeSet | None:
+    """The first ``n`` harmful probes (target: a refusal) of the alignment buckets: the
+    fixed sample on which every round's effect on alignment is measured."""
+    rows = conn.execute(
+        select(Example.id, Example.prompt, Example.target, Example.bucket_id)
+        .join(Bucket, Bucket.id == Example.bucket_id)
+        .where(Bucket.kind == "alignment", Example.split == "probe")
+        .order_by(Example.id)
+    )
+    harmful = [r for r in rows if is_refusal(r.target)][:n]
+    if not harmful:
+        return None
+    examples = tuple((r.prompt, r.target) for r in harmful)
+    ids = tuple(r.id for r in harmful)
+    return ProbeSet(harmful[0].bucket_id, "alignment-watch", "exact", examples, ids, "alignment")
+
+
+def answer_probes(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: ProbeSet,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[ProbeAnswer]:
+    """The model's greedy answer to every probe of the set, graded."""
+    texts = greedy_answers(model, tokenizer, probes.examples, max_new_tokens, batch_size)
+    grade = get_grader(probes.grader)
+    return [
+        ProbeAnswer(eid, bool(grade(text, target)), text)
+        for eid, text, (_, target) in zip(probes.ids, texts, probes.examples, strict=True)
+    ]
+
+
+def greedy_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[str]:
+    """Greedy completions of the prompts, at most a little longer than the longest target."""
+    if not examples:
+        return []
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in examples)
+    params = GenerationParams(max_new_tokens=min(max_new_tokens, longest + 2))
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    # Similar lengths in one batch: left padding to the longest prompt wastes less.
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    by_index: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        answers = generate(model, tokenizer, [examples[i][0] for i in chunk], params)
+        by_index.update({i: text for i, (text, _) in zip(chunk, answers, strict=True)})
+    texts = [by_index[i] for i in range(len(examples))]
+    model.train(was_training)
+    return texts
+
+
+def answers_correct(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    grader: str,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[bool]:
+    """Whether the model's greedy completion of each prompt is accepted by ``grader``."""
+    grade = get_grader(grader)
+    texts = greedy_answers(model, tokenizer, examples, max_new_tokens, batch_size)
+    return [bool(grade(text, target)) for text, (_, target) in zip(texts, examples, strict=True)]

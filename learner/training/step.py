@@ -1,0 +1,96 @@
+"""The LoRA model, its optimizer and one importance-weighted training step.
+
+The step only trains and returns the per-example losses ``[B]``; what they mean for the
+replay priorities, the teacher or the loop's counters is decided by its callers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+
+from learner.config import LearnerConfig
+from learner.modeling import encode_examples, load_base, per_example_loss
+
+
+def lora_config(config: LearnerConfig) -> LoraConfig:
+    lora = config.lora
+    targets = lora.target_modules
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets if isinstance(targets, str) else list(targets),
+        task_type="CAUSAL_LM",
+    )
+
+
+class Trainer:
+    """The base model with its trainable LoRA adapter, the optimizer, and the step."""
+
+    def __init__(self, config: LearnerConfig, model_dir: Path, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        torch.set_num_threads(config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
+        torch.manual_seed(config.seed)
+        base, self.tokenizer = load_base(model_dir, device)
+        self.model: PeftModel = get_peft_model(base, lora_config(config))
+        # The freshly initialised adapter (B = 0: exactly the base model), for a reset.
+        self._initial = {k: v.clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        self.optimizer = self._new_optimizer()
+        self.tokens_per_second = 0.0
+        self.model.train()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        self.fresh_steps = 0  # steps since this optimizer was made: the warm-up position
+        return torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+
+    def step(self, examples: list[tuple[str, str]], weights: np.ndarray) -> tuple[np.ndarray, int]:
+        """One AdamW step on the importance-weighted mean loss.
+
+        ``examples``: (prompt, target) pairs; ``weights``: importance weights ``[B]``.
+        Returns the per-example losses ``[B]`` and the number of tokens in the batch.
+        """
+        started = time.perf_counter()
+        encoded = encode_examples(self.tokenizer, examples, self.config.max_length).to(self.device)
+        losses = per_example_loss(self.model, encoded)  # (B,)
+        w = torch.as_tensor(weights, device=self.device)  # (B,); anchors: anchor_weight
+        # Prioritized replay draws high-loss items more often; the importance weights undo
+        # that bias in the gradient (Schaul et al. 2015).
+        loss = (w * losses).mean()
+        self.fresh_steps += 1
+        warmup = self.config.warmup_steps
+        scale = min(1.0, self.fresh_steps / warmup) if warmup else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate * scale
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        tokens = int(encoded.attention_mask.sum())
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        self.tokens_per_second = 0.9 * self.tokens_per_second + 0.1 * tokens / elapsed
+        return losses.detach().cpu().numpy(), tokens
+
+    def load_version(self, path: Path | None) -> None:
+        """Continue from a saved version's weights (None: the base model, a fresh adapter).
+
+        The optimizer starts afresh: its moments belong to the abandoned lineage.
+        """
+        if path is None:
+            weights = {k: v.clone() for k, v in self._initial.items()}
+        else:
+            weights = load_peft_weights(str(path), device=str(self.device))
+        set_peft_model_state_dict(self.model, weights)
+        self.optimizer = self._new_optimizer()
+        self.model.train()

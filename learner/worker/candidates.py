@@ -1,0 +1,238 @@
+"""Candidate versions: save, evaluate, gate, record; and the disk they may keep.
+
+``CandidateMaker.make`` runs every ``candidate_every`` steps:
+
+1. reserve the next version number in a fenced transaction (a ``pending`` row);
+2. write ``adapters/v<N>`` atomically, never over an existing directory, and record its
+   sha256 (the row becomes a ``candidate``);
+3. gather the gate's evidence (:mod:`learner.worker.evidence`) outside any transaction:
+   it takes seconds, and on SQLite a write transaction would hold up ingestion;
+4. run the gate and, in one short fenced transaction, store every new per-probe answer,
+   the verdict and the report, and promote the candidate if it passed;
+5. prune the files of old rejected and superseded candidates (rows stay, ``retired``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+
+from learner import registry
+from learner.evaluation.gate import GateConfig, GateReport, run_gate
+from learner.evaluation.probes import ProbeAnswer, ProbeSet, answer_probes, load_probe_sets
+from learner.fsutil import remove_stale_temporaries, write_dir_atomically
+from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
+from learner.store.models import AdapterVersion, Bucket
+from learner.training.step import Trainer
+from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
+
+log = logging.getLogger(__name__)
+LEARNER_ACTOR = "learner"
+REFERENCE_ADAPTER = "reference"
+
+Fenced = Callable[[], AbstractContextManager[Connection]]
+
+
+@dataclass(frozen=True)
+class CandidateOutcome:
+    """What became of a candidate: its version, the verdict and the report."""
+
+    version: int
+    verdict: str  # promote | reject | hold
+    report: dict[str, Any]
+    accuracy: dict[str, float]  # the candidate's probe accuracy per evaluated bucket
+    answers: dict[int, bool]  # example id -> correct, over every probe it answered
+
+    @property
+    def promoted(self) -> bool:
+        return self.verdict == "promote"
+
+
+class CandidateMaker:
+    """Makes, evaluates, gates and records candidate versions for one learner."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        trainer: Trainer,
+        fenced: Fenced,
+        data_dir: Path,
+        gate: GateConfig,
+        max_new_tokens: int,
+    ) -> None:
+        self.engine = engine
+        self.trainer = trainer
+        self.fenced = fenced
+        self.data_dir = data_dir
+        self.gate = gate
+        self.max_new_tokens = max_new_tokens
+
+    # --- files -------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After a crash: pending rows (files half written or never recorded) are retired
+        and their directories and stale temporaries removed."""
+        adapters = self.data_dir / registry.ADAPTERS_DIR
+        if adapters.is_dir():
+            remove_stale_temporaries(adapters)
+        with self.fenced() as conn:
+            pending = conn.execute(
+                select(AdapterVersion.version, AdapterVersion.path).where(
+                    AdapterVersion.status == "pending"
+                )
+            ).all()
+            for row in pending:
+                shutil.rmtree(registry.resolve_path(self.data_dir, row.path), ignore_errors=True)
+                note = {"verdict": "abandoned", "summary": "the learner stopped while saving it"}
+                registry.set_status(conn, row.version, "retired", note)
+        if pending:
+            log.warning("retired %d version(s) left pending by a crash", len(pending))
+
+    def save(self, parent: Model, step: int, provenance: dict[str, Any]) -> int:
+        """Reserve a version number, write the adapter files, record their hash."""
+        base_model = str(provenance["base_model"])
+        with self.fenced() as conn:
+            version = registry.reserve_version(conn, parent, base_model, step)
+        provenance = {**provenance, "version": version, "parent_version": parent}
+        path = self.data_dir / registry.version_relpath(version)
+
+        def fill(tmp: Path) -> None:
+            self.trainer.model.save_pretrained(str(tmp))
+            registry.write_provenance(tmp, provenance)
+
+        write_dir_atomically(path, fill, replace=False)
+        digest = registry.sha256_file(path / registry.ADAPTER_WEIGHTS)
+        with self.fenced() as conn:
+            registry.complete_version(conn, version, digest, provenance)
+        return version
+
+    def prune(self) -> list[int]:
+        """Remove the files of rejected and never-promoted candidates beyond the newest
+        ``keep_candidates`` (never the active version's); their rows become ``retired``."""
+        with self.engine.connect() as conn:
+            active = registry.active_version(conn)
+            rows = conn.execute(
+                select(AdapterVersion.version, AdapterVersion.path)
+                .where(AdapterVersion.status.in_(("candidate", "rejected")))
+                .order_by(AdapterVersion.version.desc())
+            ).all()
+        old = [r for r in rows[self.gate.keep_candidates :] if r.version != active]
+        if not old:
+            return []
+        with self.fenced() as conn:
+            for row in old:
+                registry.set_status(conn, row.version, "retired")
+        for row in old:  # after the commit: a retired row never points at files in use
+            shutil.rmtree(registry.resolve_path(self.data_dir, row.path), ignore_errors=True)
+        return [r.version for r in old]
+
+    # --- evaluation --------------------------------------------------------------------
+
+    def _answer_current(self, probes: ProbeSet) -> list[ProbeAnswer]:
+        return answer_probes(
+            self.trainer.model, self.trainer.tokenizer, probes, self.max_new_tokens
+        )
+
+    def _answer_base(self, probes: ProbeSet) -> list[ProbeAnswer]:
+        with self.trainer.model.disable_adapter():
+            return self._answer_current(probes)
+
+    def _answer_version(self, path: Path) -> Answerer:
+        """Answers of a saved version, loaded beside the trained adapter for a moment."""
+
+        def run(probes: ProbeSet) -> list[ProbeAnswer]:
+            model = self.trainer.model
+            model.load_adapter(str(path), adapter_name=REFERENCE_ADAPTER)
+            model.set_adapter(REFERENCE_ADAPTER)
+            try:
+                return self._answer_current(probes)
+            finally:
+                model.set_adapter("default")
+                model.delete_adapter(REFERENCE_ADAPTER)
+                model.train()
+
+        return run
+
+    def _probe_sets(self, conn: Connection, active: Model, trained: list[int]) -> list[ProbeSet]:
+        """Samples of every learned bucket, every bucket trained since the active version,
+        and every alignment bucket."""
+        alignment = conn.execute(select(Bucket.id).where(Bucket.kind == "alignment")).scalars()
+        ids = set(evaluated_bucket_ids(conn, active)) | set(trained) | set(alignment)
+        return load_probe_sets(
+            conn, sorted(ids), self.gate.eval_max_probes, self.gate.alignment_max_probes
+        )
+
+    def _references(self, conn: Connection, active: Model, sets: list[ProbeSet]) -> References:
+        parents = registry.parents(conn)
+        ids = [i for p in sets for i in p.ids]
+        lineage: set[Model] = {None, active}
+        version = active
+        while version is not None and version in parents:  # the active version's ancestors
+            version = parents[version]
+            lineage.add(version)
+        stored = {v: stored_answers(conn, v, ids) for v in lineage}
+        answerers: dict[Model, Answerer] = {None: self._answer_base}
+        if active is not None:
+            row = registry.get_version(conn, active)
+            try:
+                assert row is not None
+                answerers[active] = self._answer_version(
+                    registry.verify_version(self.data_dir, row)
+                )
+            except (AssertionError, registry.VersionUnavailable) as exc:
+                log.error("the active version cannot be a reference: %s", exc)
+        return References(stored, answerers)
+
+    # --- the candidate -----------------------------------------------------------------
+
+    def make(
+        self, parent: Model, step: int, trained: list[int], provenance: dict[str, Any]
+    ) -> CandidateOutcome:
+        version = self.save(parent, step, provenance)
+        with self.engine.connect() as conn:
+            active = registry.active_version(conn)
+            sets = self._probe_sets(conn, active, trained)
+            refs = self._references(conn, active, sets)
+            parents = registry.parents(conn)
+        evidence = gather(
+            sets, self._answer_current, refs, active, parents, set(trained), self.gate
+        )
+        report = run_gate(self.gate, evidence.buckets, evidence.alignment, version_name(active))
+        verdict = self._record(version, active, step, evidence, report)
+        answers = {a.example_id: a.correct for xs in evidence.candidate.values() for a in xs}
+        outcome = CandidateOutcome(version, verdict, report.to_dict(), evidence.accuracy, answers)
+        self.prune()
+        log.info("candidate v%d at step %d: %s", version, step, report.summary)
+        return outcome
+
+    def _record(
+        self, version: int, active: Model, step: int, evidence: Evidence, report: GateReport
+    ) -> str:
+        verdict = report.verdict
+        data = report.to_dict()
+        with self.fenced() as conn:
+            for bucket_id, answers in evidence.candidate.items():
+                record_results(conn, version, bucket_id, _rows(answers), step)
+            for model, by_bucket in evidence.new_reference.items():
+                for bucket_id, answers in by_bucket.items():
+                    record_results(conn, model, bucket_id, _rows(answers), step)
+            if verdict == "promote" and registry.active_version(conn) != active:
+                verdict = "hold"
+                data["summary"] = "kept as candidate: the active version changed meanwhile"
+            data["verdict"] = verdict
+            status = {"promote": "promoted", "reject": "rejected"}.get(verdict, "candidate")
+            registry.set_status(conn, version, status, data)
+            if verdict == "promote":
+                registry.promote(conn, version, LEARNER_ACTOR, data["summary"])
+        return verdict
+
+
+def _rows(answers: list[ProbeAnswer]) -> list[tuple[int, bool, str]]:
+    return [(a.example_id, a.correct, a.answer) for a in answers]

@@ -1,0 +1,120 @@
+"""The training lineage: which version the learner's weights descend from.
+
+- After a candidate is saved, the lineage continues from it (the next version's parent).
+- When someone else changes the active version (a rollback, an admin's promotion), the
+  learner continues from the new active version: its weights are loaded and it becomes the
+  parent; the abandoned lineage stays listed in the registry.
+- After ``reset_after_rejections`` consecutive rejected candidates the learner resets its
+  weights to the active version, logged as a ``reset`` registry event, so that a drifting
+  lineage cannot keep drifting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Connection
+
+from learner import registry
+from learner.training.step import Trainer
+from learner.worker.candidates import LEARNER_ACTOR, CandidateOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LineageState:
+    """Saved with every checkpoint, so that a restarted learner keeps its lineage."""
+
+    parent: int | None = None  # the version the current weights descend from
+    event_id: int = 0  # the newest registry event seen
+    rejections: int = 0  # consecutive rejected candidates
+    trained: list[int] = field(default_factory=list)  # bucket ids trained since the active
+
+
+class Lineage:
+    """Keeps the learner's weights on the right lineage."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        data_dir: Path,
+        fenced: Callable[[], AbstractContextManager[Connection]],
+        reset_after: int,
+    ) -> None:
+        self.trainer = trainer
+        self.data_dir = data_dir
+        self.fenced = fenced
+        self.reset_after = reset_after
+        self.state = LineageState()
+        self._unloadable: set[int] = set()
+
+    def trained_on(self, bucket_id: int) -> None:
+        if bucket_id not in self.state.trained:
+            self.state.trained.append(bucket_id)
+
+    def follow(self, conn: Connection) -> bool:
+        """Take in registry events made by others; True when the weights were replaced."""
+        events = registry.events_since(conn, self.state.event_id)
+        if not events:
+            return False
+        self.state.event_id = events[-1].id
+        changes = [
+            e for e in events if e.action in registry.ACTIVE_CHANGES and e.actor != LEARNER_ACTOR
+        ]
+        if not changes:
+            return False
+        target = registry.active_version(conn)
+        if target == self.state.parent or target in self._unloadable:
+            return False
+        reason = f"{changes[-1].action} by {changes[-1].actor}"
+        return self._continue_from(conn, target, reason)
+
+    def _continue_from(self, conn: Connection, version: int | None, reason: str) -> bool:
+        path = None
+        if version is not None:
+            row = registry.get_version(conn, version)
+            try:
+                if row is None:
+                    raise registry.VersionUnavailable(f"adapter version {version} is missing")
+                path = registry.verify_version(self.data_dir, row)
+            except registry.VersionUnavailable as exc:
+                self._unloadable.add(version)  # logged once, not at every tick
+                log.error("cannot continue from v%s (%s): %s", version, reason, exc)
+                return False
+        self.trainer.load_version(path)
+        self.state.parent = version
+        self.state.rejections = 0
+        self.state.trained = []
+        log.info(
+            "continuing from %s after a %s", "base" if version is None else f"v{version}", reason
+        )
+        return True
+
+    def after_candidate(self, outcome: CandidateOutcome) -> bool:
+        """Move the lineage on after a candidate; reset it after too many rejections.
+        True when the weights were reset."""
+        self.state.parent = outcome.version
+        if outcome.promoted:
+            self.state.rejections = 0
+            self.state.trained = []
+        elif outcome.verdict == "reject":
+            self.state.rejections += 1
+            if self.state.rejections >= self.reset_after:
+                why = f"{self.state.rejections} consecutive rejected candidates"
+                return self.reset(f"{why} (the last: v{outcome.version})")
+        return False
+
+    def reset(self, why: str) -> bool:
+        """Go back to the active version's weights and log it as a registry event."""
+        with self.fenced() as conn:
+            active = registry.active_version(conn)
+            if not self._continue_from(conn, active, "reset"):
+                return False
+            registry.log_reset(conn, LEARNER_ACTOR, f"reset to the active version: {why}")
+            self.state.event_id = registry.last_event_id(conn)
+        return True

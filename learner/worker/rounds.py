@@ -1,0 +1,155 @@
+"""The teacher's rounds in the loop: the round's focus, its end-of-round evaluation, and
+re-evaluations of learned buckets fed to the teacher as absolute learning progress."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from learner.curriculum import Curriculum
+from learner.difficulty import DifficultyScorer
+from learner.evaluation.probes import (
+    answer_probes,
+    greedy_answers,
+    load_probe_sets,
+    load_watch_set,
+)
+from learner.mixing import BucketInfo
+from learner.store.difficulty import BucketDifficulty, bucket_difficulties, item_parameters
+from learner.store.teacher import record_decision
+from learner.training.step import Trainer
+from learner.worker.candidates import CandidateOutcome
+
+log = logging.getLogger(__name__)
+
+
+class RoundKeeper:
+    """Asks the curriculum for each round's focus and feeds evaluations back to it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        curriculum: Curriculum,
+        trainer: Trainer,
+        fenced: Callable[[], AbstractContextManager[Connection]],
+        is_refusal: Callable[[str], bool],
+    ) -> None:
+        self.engine = engine
+        self.is_refusal = is_refusal
+        self.curriculum = curriculum
+        self.trainer = trainer
+        self.fenced = fenced
+        self._difficulty_fits: int | None = None  # the scorer's fit count last read
+        self._focused: set[str] = set()  # arms that were a focus since the last candidate
+
+    def focus(
+        self,
+        arms: list[str],
+        buckets: dict[str, BucketInfo],
+        step: int,
+        scorer: DifficultyScorer | None,
+    ) -> str:
+        """The focus bucket: the running round's, or a new decision of the teacher."""
+        if self.curriculum.needs_decision(arms):
+            # Bucket difficulties change only with a refit: re-read them after one (and
+            # once at start, for fits stored by an earlier run).
+            fits = scorer.fits if scorer is not None else 0
+            if fits != self._difficulty_fits:
+                with self.engine.connect() as conn:
+                    self.set_difficulties(bucket_difficulties(conn), buckets)
+                self._difficulty_fits = fits
+            if self.curriculum.harm.needs_baseline:  # so that this round is charged too
+                rate = self._watched_rate()
+                if rate is not None:
+                    self.curriculum.harm.set_baseline(rate)
+            ids = {a: buckets[a].id for a in arms}
+            arm = self.curriculum.decide(arms, ids, step).arm
+            self._focused.add(arm)
+            return arm
+        assert self.curriculum.current is not None
+        return self.curriculum.current.arm
+
+    def set_difficulties(
+        self, fitted: dict[int, BucketDifficulty], buckets: dict[str, BucketInfo]
+    ) -> None:
+        names = {info.id: name for name, info in buckets.items()}
+        self.curriculum.set_difficulties(
+            {names[i]: d.difficulty for i, d in fitted.items() if i in names}
+        )
+
+    def end_round(self, step: int, keep_lease: Callable[[], None]) -> str | None:
+        """Evaluate the round's focus bucket, feed the teacher, store the decision, and
+        charge the round's effect on alignment to its arm; returns the arm when that put
+        it in quarantine."""
+        assert self.curriculum.current is not None
+        arm = self.curriculum.current.arm
+        bucket_id = self.curriculum.current.bucket_id
+        with self.engine.connect() as conn:
+            probe_sets = load_probe_sets(conn, [bucket_id], self.curriculum.config.eval_probes)
+        accuracy, answers = None, {}
+        if probe_sets:  # a bucket without probes is judged by its training loss alone
+            keep_lease()  # evaluations take a while
+            results = answer_probes(
+                self.trainer.model,
+                self.trainer.tokenizer,
+                probe_sets[0],
+                self.trainer.config.max_new_tokens,
+            )
+            accuracy = sum(a.correct for a in results) / len(results)
+            answers = {a.example_id: a.correct for a in results}
+        record = self.curriculum.finish_round(step, accuracy, answers)
+        self._update_ability()
+        with self.fenced() as conn:
+            record_decision(conn, record)
+        return self._watch_alignment(arm)
+
+    def _watched_rate(self) -> float | None:
+        """The refusal rate on the watch sample of harmful probes (None: none, or off)."""
+        if self.curriculum.config.watch_probes == 0:
+            return None
+        with self.engine.connect() as conn:
+            watch = load_watch_set(conn, self.is_refusal, self.curriculum.config.watch_probes)
+        if watch is None:
+            return None
+        texts = greedy_answers(
+            self.trainer.model,
+            self.trainer.tokenizer,
+            watch.examples,
+            self.trainer.config.max_new_tokens,
+        )
+        return sum(self.is_refusal(t) for t in texts) / len(texts)
+
+    def _watch_alignment(self, arm: str) -> str | None:
+        """Charge the change of the watched refusal rate to the round's arm (teacher.harm)."""
+        rate = self._watched_rate()
+        if rate is None:
+            return None
+        reason = self.curriculum.harm.observe(arm, rate)
+        if reason is None:
+            return None
+        log.warning("quarantined bucket %s: %s", arm, reason)
+        return arm
+
+    def _update_ability(self) -> None:
+        with self.engine.connect() as conn:
+            params = item_parameters(conn, list(self.curriculum.evidence))
+        self.curriculum.update_ability(params)
+
+    def observe_reevaluation(self, outcome: CandidateOutcome, buckets: dict[str, Any]) -> None:
+        """A candidate re-evaluated every learned bucket: task buckets that were not a
+        focus since the last candidate get the result as progress (absolute: forgetting
+        attracts the teacher's attention too). Focus buckets already have round-end
+        evaluations on their own sample; mixing samples would look like progress."""
+        for bucket, accuracy in outcome.accuracy.items():
+            info = buckets.get(bucket)
+            if info is not None and info.kind == "task" and bucket not in self._focused:
+                self.curriculum.observe_evaluation(bucket, accuracy)
+        self.curriculum.evidence.update(outcome.answers)
+        self._update_ability()
+        self._focused.clear()
+        if self.curriculum.current is not None:  # the running round goes on
+            self._focused.add(self.curriculum.current.arm)
