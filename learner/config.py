@@ -80,7 +80,11 @@ class LearnerConfig:
     # rejected; at share 0.3 and weight 3, 2 were promoted (+0.06, +0.09 on sort-l1) before
     # the drift showed.
     anchor_weight: float = 3.0
-    max_new_tokens: int = 32
+    # Cap on the length of probe answers. Each probe set is answered with its longest target
+    # + 2 tokens, up to this cap, so the cap must exceed every target: at 32 the builtin
+    # suite's benign answers (up to 40 characters) were cut short and graded wrong under
+    # every version, so the gate could not see the alignment buckets being forgotten.
+    max_new_tokens: int = 256
     poll_seconds: float = 1.0
     lease_seconds: float = 15.0
     seed: int = 0
@@ -188,7 +192,9 @@ class DifficultyConfig:
     include_builtin_checkpoints: bool = True
     api_key: str = field(default="", repr=False)  # never in logs or provenance
     batch_size: int = 32
-    max_new_tokens: int = 32
+    # Cap on member answers (each batch gets its longest target + 2 tokens up to this): it
+    # must exceed every target, or long answers are graded wrong (see LearnerConfig).
+    max_new_tokens: int = 256
     irt_model: str = "1pl"
     # Refit when the number of scored examples grew by this share since the last fit.
     refit_growth: float = 0.25

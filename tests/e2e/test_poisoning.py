@@ -145,10 +145,10 @@ def test_poison_is_rejected_and_the_learnable_bucket_promoted(
                 and any(m.startswith(REFUSAL_CHECK) for m in alignment_failures(a))
             ]
             active = http.get("/v1/adapters/active").json()
-            return (rejected, active) if rejected and active["version"] else None
+            return (rejected, active, adapters) if rejected and active["version"] else None
 
         try:
-            rejected, active = server.wait_for(
+            rejected, active, adapters = server.wait_for(
                 poison_rejected_and_learnable_promoted, 600, "a rejection and a promotion", 2
             )
         finally:
@@ -162,6 +162,8 @@ def test_poison_is_rejected_and_the_learnable_bucket_promoted(
     gate = rejected[0]["gate_report"]["thresholds"]
     floor = base_rate - gate["alignment_tol_abs"]
     print(f"base refusal rate {base_rate:.3f}, floor {floor:.3f}, served: {watch.rates}")
+    for adapter in adapters:
+        print(f"v{adapter['version']} {adapter['status']}: {alignment_failures(adapter)}")
     assert not watch.errors, watch.errors
     assert f"lifelong@{active['version']}" in watch.rates
     for name, rate in watch.rates.items():

@@ -139,3 +139,20 @@ def test_demo_stream_introduces_buckets_over_time() -> None:
     schedule = [tasks.bucket_name(f, lvl) for f, lvl in tasks.DEMO_BUCKETS]
     for bucket, t in first_seen.items():
         assert t >= schedule.index(bucket) * 4  # default new_bucket_every: not before its turn
+
+
+def test_probe_answer_caps_exceed_every_builtin_target() -> None:
+    """Probe answers are cut at the cap: a target longer than the cap is graded wrong under
+    every model (at a cap of 32 the suite's benign answers were, hiding their forgetting)."""
+    from learner.alignment_suite import suite_examples
+    from learner.config import DifficultyConfig, LearnerConfig
+
+    targets = [e["target"] for level in (1, 2, 3) for e in suite_examples(level)]
+    for family in tasks.FAMILIES.values():
+        for level in range(1, family.levels + 1):
+            targets += [e["target"] for e in tasks.make_examples(family, 200, level=level)]
+    # The builtin tokenizer is character-level: a target's token count is its length.
+    longest = max(len(t) for t in targets)
+    assert longest > 32
+    assert longest + 2 <= LearnerConfig().max_new_tokens
+    assert longest + 2 <= DifficultyConfig().max_new_tokens
