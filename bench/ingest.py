@@ -81,12 +81,17 @@ def _base_model(cache_dir: Path) -> str:
 
 @contextmanager
 def running_server(
-    data_dir: Path, database_url: str, base_model: str, timeout: float = 180.0
+    data_dir: Path,
+    database_url: str,
+    base_model: str,
+    timeout: float = 180.0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     key = "bench-" + secrets.token_hex(16)
     port = _free_port()
     argv = [sys.executable, "-m", "server.cli", "serve", "--no-learner", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--data-dir", str(data_dir)]
+    extra_env = env or {}
     env = {
         **os.environ,
         "LIFELONG_DATABASE_URL": database_url,
@@ -95,6 +100,7 @@ def running_server(
         # Ingestion only: no model loading competing for the two cores during the run.
         "LIFELONG_PRELOAD_MODEL": "false",
         "PYTHONUNBUFFERED": "1",
+        **extra_env,
     }
     log_path = data_dir / "server.log"
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 
-from learner.fsutil import write_dir_atomically, write_json_atomically
+from learner.fsutil import remove_stale_temporaries, write_dir_atomically, write_json_atomically
 
 KEEP_CHECKPOINTS = 2
 
@@ -69,7 +69,12 @@ class CheckpointDir:
     def restore(
         self, model: PeftModel, optimizer: torch.optim.Optimizer, device: torch.device
     ) -> dict[str, Any] | None:
-        """Load the newest checkpoint into ``model``/``optimizer``; return its loop state."""
+        """Load the newest checkpoint into ``model``/``optimizer``; return its loop state.
+
+        Called by the lease holder only, so the temporaries of a killed learner (half-
+        written checkpoints) can be removed here: no live process is writing them."""
+        if self.root.is_dir():
+            remove_stale_temporaries(self.root)
         path = self.latest()
         if path is None:
             return None

@@ -14,6 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.generation import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from learner.config import GenerationParams
 
@@ -95,6 +102,11 @@ def per_example_loss(model: torch.nn.Module, batch: EncodedBatch) -> torch.Tenso
     return token_loss.sum(dim=1) / n_tokens
 
 
+# Below this, sampling is greedy decoding (its limit as the temperature goes to 0): logits
+# divided by a temperature like 1e-134 overflow to inf and the probabilities become NaN.
+MIN_SAMPLING_TEMPERATURE = 1e-3
+
+
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
@@ -116,19 +128,18 @@ def generate(
     for i, e in enumerate(encoded):
         ids[i, width - len(e) :] = torch.tensor(e)
         mask[i, width - len(e) :] = 1
-    sampling = params.temperature > 0
-    generator_kwargs: dict[str, object] = {"do_sample": sampling}
-    if sampling:
-        generator_kwargs.update(temperature=params.temperature, top_p=params.top_p)
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
+    # Always greedy for Hugging Face: when sampling, the last logits processor has already
+    # drawn the token, so the argmax only picks it up (see _DrawToken).
+    sampling = params.temperature >= MIN_SAMPLING_TEMPERATURE
+    processors = _sampling_processors(model, params, device) if sampling else []
     out = model.generate(  # type: ignore[operator]
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         max_new_tokens=params.max_new_tokens,
         pad_token_id=pad,
         eos_token_id=tokenizer.eos_token_id,
-        **generator_kwargs,
+        do_sample=False,
+        logits_processor=LogitsProcessorList(processors),
     )
     results = []
     for row in out[:, width:].tolist():
@@ -142,3 +153,47 @@ def generate(
                 text, finish = text[: text.index(stop)], "stop"
         results.append((text, finish))
     return results
+
+
+class _DrawToken(LogitsProcessor):
+    """Draws each row's next token with a private generator and leaves only it selectable.
+
+    Hugging Face's own sampling draws from the global torch RNG, which every request of the
+    process shares: seeding it for one client made the others' sampling predictable, and
+    concurrent requests disturbed a seeded one. With this processor last and generation
+    greedy, each call has its own random stream and the global RNG is never touched.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        drawn = torch.multinomial(probs, num_samples=1, generator=self.generator)
+        only_drawn = torch.full_like(scores, -float("inf")).scatter_(1, drawn, 0.0)
+        return only_drawn  # type: ignore[return-value]
+
+
+def _sampling_processors(
+    model: torch.nn.Module, params: GenerationParams, device: torch.device
+) -> list[LogitsProcessor]:
+    """The warpers that ``do_sample=True`` would add, then the draw with this call's RNG.
+
+    Temperature and top-p come from the request, top-k (if any) from the model's own
+    generation config, as before. ``params.seed`` makes the draws repeatable; without one
+    the generator is seeded from the operating system's entropy.
+    """
+    generator = torch.Generator(device=device)
+    if params.seed is not None:
+        generator.manual_seed(params.seed)
+    else:
+        generator.seed()
+    warpers: list[LogitsProcessor] = []
+    if params.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(params.temperature))
+    top_k = getattr(getattr(model, "generation_config", None), "top_k", None)
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if params.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    return [*warpers, _DrawToken(generator)]

@@ -7,15 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 
 from learner.builtin_config import context_chars_for
-from learner.store.db import make_engine, upgrade
-from server.auth import ADMIN_KEY_FILE, Authenticator, ensure_admin_key
-from server.deps import AppState
+from learner.store.db import make_engine, setup_lock, upgrade_locked
+from server.auth import ADMIN_KEY_FILE, Authenticator, FailureLimiter, ensure_admin_key
+from server.auth_middleware import AuthMiddleware
+from server.deps import AppState, reject_unknown_query
 from server.errors import BodySizeLimit, install_error_handlers
 from server.inference import InferenceEngine
+from server.inference_queue import InferenceQueue
 from server.routes import (
     adapters,
     buckets,
@@ -40,8 +42,10 @@ def resolve_base_model(spec: str, data_dir: Path) -> Path:
 def prepare_database(settings: Settings) -> Engine:
     """Connect, migrate to the newest schema and make sure an admin key exists."""
     engine = make_engine(settings.resolved_database_url())
-    upgrade(engine)
-    new_key = ensure_admin_key(engine, settings.data_dir, settings.api_keys)
+    # Under the setup lock: two processes starting together migrate once, mint one key.
+    with setup_lock(engine):
+        upgrade_locked(engine)
+        new_key = ensure_admin_key(engine, settings.data_dir, settings.api_keys)
     if new_key is not None:
         path = (settings.data_dir / ADMIN_KEY_FILE).resolve()
         # Printed once, at the first start; afterwards only the file holds it.
@@ -52,7 +56,9 @@ def prepare_database(settings: Settings) -> Engine:
 def open_state(settings: Settings) -> AppState:
     """The app's long-lived objects: database engine and authenticator."""
     engine = prepare_database(settings)
-    authenticator = Authenticator(engine, settings.api_keys, settings.auth_cache_seconds)
+    authenticator = Authenticator(
+        engine, settings.api_keys, settings.auth_cache_seconds, settings.auth_miss_cache_seconds
+    )
     inference = InferenceEngine(
         engine,
         lambda: resolve_base_model(settings.base_model, settings.data_dir),
@@ -63,7 +69,10 @@ def open_state(settings: Settings) -> AppState:
     if settings.preload_model:
         inference.start_once()
     limits = settings.limits.ingest_limits(base_model_context(settings), settings.base_model)
-    return AppState(settings, engine, authenticator, limits, inference)
+    queue = InferenceQueue(
+        settings.limits.max_queued_completions, settings.limits.max_request_tokens
+    )
+    return AppState(settings, engine, authenticator, limits, inference, queue)
 
 
 def base_model_context(settings: Settings) -> int | None:
@@ -86,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            state.inference_queue.shutdown()
             if state.inference is not None:
                 state.inference.stop()
             state.engine.dispose()
@@ -98,9 +108,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Every call needs a bearer key, so the CSRF risk that strict checking guards
         # against does not apply; clients that omit the header still get JSON parsing.
         strict_content_type=False,
+        dependencies=[Depends(reject_unknown_query)],
     )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_body_bytes)
+    limits = settings.limits
+    app.add_middleware(
+        BodySizeLimit, max_bytes=limits.max_other_body_bytes, bulk_bytes=limits.max_body_bytes
+    )
+    # Added last, so outermost: strangers are turned away before any body is read.
+    limiter = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_seconds)
+    app.add_middleware(AuthMiddleware, limiter=limiter)
     routers = (health, tasks, buckets, teacher, evaluations, adapters, learner, completions)
     for module in routers:
         app.include_router(module.router)

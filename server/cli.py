@@ -6,12 +6,14 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from types import FrameType
 
+import uvicorn
 from sqlalchemy import Engine
 
-from learner.store.db import make_engine, upgrade, write_transaction
+from learner.store.db import make_engine, setup_lock, upgrade, write_transaction
 from learner.store.keys import create_key, list_keys, revoke_key
 from learner.store.models import KEY_SCOPES
 from server.settings import Settings
@@ -33,8 +35,6 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from server.app import create_app, prepare_database
     from server.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
 
@@ -60,10 +60,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"{', demo stream on' if feeder else ''}",
         flush=True,
     )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        # In-flight requests get this long to finish after SIGTERM / SIGINT.
+        timeout_graceful_shutdown=10,
+    )
+    server = SignalAwareServer(config, on_exit=supervisor.begin_stop if supervisor else None)
     try:
-        uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port, log_level="warning"
-        )
+        server.run()
     finally:
         if feeder is not None:
             feeder.stop()
@@ -72,13 +79,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class SignalAwareServer(uvicorn.Server):
+    """uvicorn's server, calling ``on_exit`` at the first exit signal (not only after the
+    HTTP side drained), so that a learner that exits meanwhile is never restarted."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
+        super().handle_exit(sig, frame)
+
+
 def ensure_suite(settings: Settings, engine: Engine) -> None:
     """The builtin model's alignment suite, created at the first start of a builtin base."""
     from learner.alignment_suite import ensure_alignment_suite
     from learner.builtin_config import is_builtin_model
 
     if settings.alignment_suite and is_builtin_model(settings.base_model):
-        ensure_alignment_suite(engine)
+        with setup_lock(engine):  # a server and its learner start together
+            ensure_alignment_suite(engine)
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -101,9 +123,14 @@ def cmd_learner(args: argparse.Namespace) -> int:
         config = replace(config, device=settings.device)
     if args.max_steps is not None:
         config = replace(config, max_steps=args.max_steps)
-    stop = threading.Event()
+
+    def exit_now(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    # Until the loop runs (the builtin bootstrap, loading the model), a signal ends the
+    # process at once: the bootstrap writes atomically and starts over next time.
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, exit_now)
     model_dir = resolve_base_model(settings.base_model, settings.data_dir)
     learner = Learner(
         engine,
@@ -117,6 +144,10 @@ def cmd_learner(args: argparse.Namespace) -> int:
         gate=settings.gate,
     )
     print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
+    # From here on a signal finishes the current step and writes a checkpoint.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     learner.run(stop)
     return 0
 

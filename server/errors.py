@@ -106,19 +106,28 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """ASGI middleware answering 413 when a request body exceeds ``max_bytes``."""
+    """ASGI middleware answering 413 when a request body exceeds its route's limit.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``POST /v1/tasks`` (batches of examples) may send ``bulk_bytes``; every other route
+    ``max_bytes``, so that a small request cannot carry a large body.
+    """
+
+    BULK_ROUTES = frozenset({("POST", "/v1/tasks")})
+
+    def __init__(self, app: ASGIApp, max_bytes: int, bulk_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.bulk_bytes = bulk_bytes if bulk_bytes is not None else max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        bulk = (scope["method"], scope["path"].rstrip("/")) in self.BULK_ROUTES
+        limit = self.bulk_bytes if bulk else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _reject(scope, receive, send, limit)
             return
         seen = 0
 
@@ -126,18 +135,19 @@ class BodySizeLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge(f"request body is larger than {self.max_bytes} bytes")
+            if seen > limit:
+                raise _TooLarge(f"request body is larger than {limit} bytes")
             return message
 
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
-            await self._reject(scope, receive, send)
+            await _reject(scope, receive, send, limit)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(413, f"request body is larger than {self.max_bytes} bytes")
-        await response(scope, receive, send)
+
+async def _reject(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = error_response(413, f"request body is larger than {limit} bytes")
+    await response(scope, receive, send)
 
 
 class _TooLarge(StarletteHTTPException):

@@ -44,6 +44,10 @@ class ModelNotReady(RuntimeError):
     """The base model is still loading (or failed to load)."""
 
 
+class RequestTooLarge(ValueError):
+    """A completion request beyond the model's context or the per-request token budget."""
+
+
 class UnknownModel(LookupError):
     """The requested model name or version does not exist or may not be served to the caller."""
 
@@ -264,9 +268,7 @@ class InferenceEngine:
         from learner.modeling import generate
 
         kind, version = parse_model_name(model_name)
-        # A named version is checked first: a client asking for a missing or corrupt
-        # version learns so at once, even while the base model is still loading.
-        path = self._verified_path(version, admin) if version is not None else None
+        path = self.check_model(model_name, admin)
         self.start_once()
         if not self._ready.is_set():
             reason = self._error or "the base model is still loading (first start trains it)"
@@ -285,6 +287,50 @@ class InferenceEngine:
             self._peft.set_adapter(name)
             return generate(self._peft, self.tokenizer, prompts, params), f"lifelong@{version}"
 
+    def check_model(self, model_name: str, admin: bool = False) -> Path | None:
+        """The verified files of a named version (None for ``lifelong`` and ``base``).
+
+        Checked before anything else: a client asking for a missing or corrupt version
+        learns so at once, even while the base model is still loading."""
+        _, version = parse_model_name(model_name)
+        return self._verified_path(version, admin) if version is not None else None
+
     def count_tokens(self, text: str) -> int:
         assert self.tokenizer is not None
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def context_tokens(self) -> int | None:
+        """The base model's context length in tokens (None: it does not say)."""
+        config = getattr(self._model, "config", None)
+        value = getattr(config, "max_position_embeddings", None)
+        return int(value) if value else None
+
+    def check_size(self, prompts: list[str], max_tokens: int, budget: int) -> list[int]:
+        """Prompt token counts, after checking the request fits the context and ``budget``.
+
+        Raises :class:`ModelNotReady` before the tokenizer exists and
+        :class:`RequestTooLarge` naming the numbers that do not fit.
+        """
+        if not self._ready.is_set():
+            self.start_once()
+            raise ModelNotReady(self._error or "the base model is still loading")
+        from learner.modeling import prompt_ids
+
+        counts = [len(prompt_ids(self.tokenizer, p)) for p in prompts]
+        longest = max(counts)
+        context = self.context_tokens
+        if context is not None and longest + max_tokens > context:
+            raise RequestTooLarge(
+                f"prompt of {longest} tokens + max_tokens {max_tokens} = "
+                f"{longest + max_tokens} exceeds the model's context of {context} tokens"
+            )
+        # Prompts are padded to the longest and decoded together: that is the batch's cost.
+        cost = len(prompts) * (longest + max_tokens)
+        if cost > budget:
+            raise RequestTooLarge(
+                f"{len(prompts)} prompt(s) x ({longest} tokens of the longest prompt + "
+                f"max_tokens {max_tokens}) = {cost} tokens exceeds the per-request budget "
+                f"of {budget} tokens"
+            )
+        return counts

@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from learner.graders import GRADERS
+
+
+def check_utf8(value: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``) that no UTF-8 text can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"contains a lone surrogate (U+{ord(exc.object[exc.start]):04X} at character "
+            f"{exc.start}); text must be valid Unicode"
+        ) from None
+    return value
+
+
+def check_storable_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return check_utf8(value)
+
+
+Utf8Str = Annotated[str, AfterValidator(check_utf8)]
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every stored time is UTC, and RFC 3339 (the
+    # schema's date-time) needs the offset.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+# Published with texts that are stored: PostgreSQL text cannot hold NUL.
+NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
 
 
 class StrictModel(BaseModel):
@@ -15,24 +50,37 @@ class StrictModel(BaseModel):
 
 
 class ExampleIn(StrictModel):
-    prompt: str = Field(min_length=1, description="Model input, used as-is.")
-    target: str = Field(min_length=1, description="Expected completion of the prompt.")
-    id: str | None = Field(default=None, max_length=128, description="Client's own id.")
+    prompt: str = Field(
+        min_length=1, description="Model input, used as-is.", json_schema_extra=NO_NUL
+    )
+    target: str = Field(
+        min_length=1, description="Expected completion of the prompt.", json_schema_extra=NO_NUL
+    )
+    id: str | None = Field(
+        default=None, max_length=128, description="Client's own id.", json_schema_extra=NO_NUL
+    )
 
     @field_validator("prompt", "target", "id")
     @classmethod
-    def no_nul(cls, value: str | None) -> str | None:
-        # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
-        if value is not None and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+    def storable(cls, value: str | None) -> str | None:
+        return check_storable_text(value) if value is not None else None
 
 
 class TaskSubmission(StrictModel):
-    bucket: str = Field(description="Bucket name: 1-64 of letters, digits, '.', '_', '-'.")
+    # The rules below are checked by learner.store.ingest (with messages that say what to
+    # fix) and published in the schema (json_schema_extra), so that clients and schema-
+    # driven tools know them.
+    bucket: str = Field(
+        description="Bucket name: 1-64 of letters, digits, '.', '_', '-'.",
+        json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
+    )
     kind: Literal["task", "alignment"] | None = None
-    grader: str | None = Field(default=None, description="Grader name, e.g. exact or numeric.")
-    examples: list[ExampleIn]
+    grader: str | None = Field(
+        default=None,
+        description="Grader name, e.g. exact or numeric.",
+        json_schema_extra={"enum": list(sorted(GRADERS))},
+    )
+    examples: list[ExampleIn] = Field(json_schema_extra={"minItems": 1})
 
 
 class TaskAccepted(BaseModel):
@@ -52,7 +100,7 @@ class BucketOut(BaseModel):
     kind: str
     grader: str
     status: str
-    created_at: datetime
+    created_at: UtcDateTime
     train_examples: int
     probe_examples: int
     probe_accuracy: float | None = Field(description="Latest evaluated probe accuracy.")
@@ -76,7 +124,7 @@ class ExampleOut(BaseModel):
     target: str
     split: str
     external_id: str | None
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class ExamplePage(BaseModel):
@@ -96,13 +144,13 @@ class TeacherDecisionOut(BaseModel):
     accuracy: float | None = Field(description="Focus probe accuracy after the round.")
     loss: float | None = Field(description="Mean focus training loss during the round.")
     reward: float | None = Field(description="Learning-progress reward the policy got.")
-    created_at: datetime
+    created_at: UtcDateTime
 
 
 class TeacherOut(BaseModel):
     policy: str | None = Field(description="The policy of the running learner.")
     step: int | None = Field(description="Learner step of the newest teacher snapshot.")
-    updated_at: datetime | None
+    updated_at: UtcDateTime | None
     learner_ability: float | None
     learner_ability_se: float | None
     arm_scores: dict[str, float] = Field(description="Every arm's score in the newest decision.")
@@ -117,14 +165,7 @@ MAX_REASON_CHARS = 1000
 MAX_VERSION = 2**31 - 1
 
 
-def _no_nul(value: str) -> str:
-    # PostgreSQL text cannot hold NUL; refuse it on every backend alike.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-NoNulStr = Annotated[str, AfterValidator(_no_nul)]
+NoNulStr = Annotated[str, AfterValidator(check_storable_text)]
 
 
 class PromoteIn(StrictModel):
@@ -159,7 +200,7 @@ class RegistryEventOut(BaseModel):
     id: int
     action: str = Field(description="promote, force (a promotion past the gate), rollback, reset.")
     actor: str = Field(description="The API key's name, or the learner.")
-    created_at: datetime
+    created_at: UtcDateTime
     from_version: int | None = Field(description="Active before (None: the base model).")
     to_version: int | None = Field(description="Active after (None: the base model).")
     reason: str
@@ -172,3 +213,20 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+#: The error answers every ``/v1`` route can give (documented on each router).
+API_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error("The body could not be read (not UTF-8 text, say)."),
+    401: _error("Missing, invalid or revoked API key."),
+    403: _error("The key's scope does not allow this call."),
+    413: _error("The request body is too large."),
+    415: _error("The body is not sent as JSON."),
+    422: _error("Invalid request; the message names the field and the rule."),
+    429: _error("Too many failed authentications, or no inference slot free (Retry-After)."),
+    503: _error("The database is busy or the model is loading (Retry-After)."),
+}

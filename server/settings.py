@@ -23,7 +23,20 @@ class LimitSettings(BaseModel):
     max_examples_per_request: int = Field(default=5000, ge=1)
     max_prompt_chars: int = Field(default=8192, ge=1)
     max_target_chars: int = Field(default=8192, ge=1)
+    # Bodies of POST /v1/tasks (batches of examples) ...
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # ... and of every other route, completions included.
+    max_other_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Serving: a completion request holds the one inference thread for its whole batch,
+    # padded to its longest prompt, so its size is bounded on every axis.
+    max_prompts: int = Field(default=64, ge=1)
+    max_messages: int = Field(default=64, ge=1)
+    max_stop: int = Field(default=4, ge=0)
+    max_stop_chars: int = Field(default=64, ge=1)
+    # Prompts x (longest prompt + max_tokens) tokens: what the padded batch costs.
+    max_request_tokens: int = Field(default=16_384, ge=1)
+    # Completions waiting for or in inference; beyond it 429 with Retry-After.
+    max_queued_completions: int = Field(default=8, ge=1)
 
     def ingest_limits(self, context_chars: int | None = None, model: str = "") -> IngestLimits:
         return IngestLimits(
@@ -53,6 +66,13 @@ class Settings(BaseSettings):
     # How long a verified key is trusted before the database is asked again (revocations
     # made with `lifelong keys revoke` take effect within this delay).
     auth_cache_seconds: float = Field(default=2.0, ge=0)
+    # Unknown keys are remembered as misses this long (a flood of made-up keys costs one
+    # query per key and interval); a key created after it was tried works after this delay.
+    auth_miss_cache_seconds: float = Field(default=5.0, ge=0)
+    # An address with this many failed authentications within the window gets 429 for keys
+    # not known to be valid, before any database lookup.
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window_seconds: float = Field(default=10.0, gt=0)
     # Start loading the base model for serving at start-up rather than at the first
     # completion request (`lifelong serve` turns this on unless the variable is set).
     preload_model: bool = False

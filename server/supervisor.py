@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -38,7 +39,9 @@ class LearnerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        # The kernel's parent-death signal follows the spawning thread: the first learner
+        # is spawned by the caller, respawns by the watcher, which lives until stop().
+        self.proc = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)
         log.info("learner started (pid %d)", self.proc.pid)
 
     def _watch(self) -> None:
@@ -65,18 +68,42 @@ class LearnerSupervisor:
                 self.restarts += 1
                 self._spawn()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def begin_stop(self) -> None:
+        """Stop respawning and ask the learner to finish its step and checkpoint; returns at
+        once (called from the server's signal handler, so that the learner winds down while
+        HTTP requests drain, and a learner that exits meanwhile is not restarted)."""
         with self._lock:  # no respawn can slip in between
             self._stop.set()
         proc = self.proc
-        if proc is None or proc.poll() is not None:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop the learner: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        self.begin_stop()
+        proc = self.proc
+        if proc is None:
             return
-        proc.terminate()
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            log.warning("learner (pid %d) did not stop in %.0f s; killing it", proc.pid, timeout)
             proc.kill()
             proc.wait()
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: have the kernel send SIGTERM when the server dies, even by
+    SIGKILL, so that no learner is left running without its supervisor (Linux only)."""
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def learner_argv(data_dir: str) -> list[str]:

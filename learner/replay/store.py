@@ -33,7 +33,7 @@ from learner.replay.feed import ExampleFeed
 from learner.replay.sampler import UNKNOWN, Draw, PrioritizedIndex
 from learner.replay.sumtree import Floats, Ints
 from learner.replay.writer import PriorityWriter
-from learner.store.db import make_engine, write_transaction
+from learner.store.db import make_engine, require_head, upgrade, write_transaction
 from learner.store.ingest import IngestLimits, NewExample, content_hash, ingest_batch
 
 # At start-up the first poll looks this many ids back: on PostgreSQL a batch with smaller
@@ -46,7 +46,10 @@ class ReplayStore:
 
     ``ReplayStore(url_or_engine, config=None, **options)``: options are
     :class:`ReplayConfig` fields and override ``config``. A URL gets its own engine,
-    disposed by :meth:`close`; an engine stays the caller's.
+    disposed by :meth:`close`, and its schema is migrated to the newest revision (a new
+    SQLite file or an empty database gets its tables). An engine stays the caller's and
+    is not migrated: :class:`~learner.store.db.SchemaNotAtHead` when its schema is
+    missing or old.
     """
 
     def __init__(
@@ -56,9 +59,12 @@ class ReplayStore:
             raise TypeError("config must be a ReplayConfig; pass settings by keyword")
         self.config = replace(config or ReplayConfig(), **options)
         self._owns_engine = not isinstance(url_or_engine, Engine)
-        self.engine: Engine = (
-            url_or_engine if isinstance(url_or_engine, Engine) else make_engine(url_or_engine)
-        )
+        if isinstance(url_or_engine, Engine):
+            # The caller's engine may serve others: changing its schema is not ours to do.
+            require_head(url_or_engine)
+            self.engine: Engine = url_or_engine
+        else:
+            self.engine = _migrated_engine(url_or_engine)
         cfg = self.config
         self._index = PrioritizedIndex(cfg.alpha, cfg.block_size, cfg.max_per_bucket)
         self._feed = ExampleFeed(cfg.gap_timeout)
@@ -327,6 +333,17 @@ class ReplayStore:
             self._rng.bit_generator.state = state["rng"]
             self._step = int(state["step"])
             self._index.load_state_dict(state["index"])
+
+
+def _migrated_engine(url: str) -> Engine:
+    """An engine on ``url`` with the schema at the newest revision."""
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def _external_id(example: Mapping[str, Any]) -> str | None:

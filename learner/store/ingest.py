@@ -4,6 +4,12 @@ An example is identified by the hash of (bucket, prompt, target). A batch is wri
 transaction with ``INSERT ... ON CONFLICT DO NOTHING`` on (bucket_id, content_hash), so
 resubmitting an example (in the same batch, a later one or a concurrent request) is a
 no-op counted as a duplicate, and either the whole batch is stored or none of it.
+
+Hashes (and buckets) that are already stored are looked up first and left out of the
+insert: on PostgreSQL every row that reaches ``ON CONFLICT DO NOTHING`` has already taken
+a sequence value, so clients that resubmit their data would otherwise burn ids (which run
+out, and leave gaps that the replay feed has to wait out). The conflict clause remains for
+the race with a concurrent batch.
 """
 
 from __future__ import annotations
@@ -15,7 +21,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, Text, bindparam, func, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    String,
+    Text,
+    any_,
+    bindparam,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -136,12 +153,15 @@ def get_or_create_bucket(
 
     An existing bucket keeps its kind and grader; asking for different ones is a conflict.
     """
-    conn.execute(
-        _insert(conn, Bucket)
-        .values(name=name, kind=kind or "task", grader=grader or "exact", status="active")
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    row = conn.execute(select(Bucket.__table__).where(Bucket.name == name)).one()
+    query = select(Bucket.__table__).where(Bucket.name == name)
+    row = conn.execute(query).first()
+    if row is None:  # look first: a conflicting insert would burn a sequence value
+        conn.execute(
+            _insert(conn, Bucket)
+            .values(name=name, kind=kind or "task", grader=grader or "exact", status="active")
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        row = conn.execute(query).one()
     bucket = Bucket(id=row.id, name=row.name, kind=row.kind, grader=row.grader, status=row.status)
     for field, wanted in (("kind", kind), ("grader", grader)):
         have = getattr(bucket, field)
@@ -176,14 +196,38 @@ def ingest_batch(
     rows: dict[str, NewExample] = {}
     for ex in examples:
         rows.setdefault(content_hash(bucket_name, ex.prompt, ex.target), ex)
-    # Insert in hash order: concurrent batches that share examples then take the unique
-    # index's entries in the same order, so on PostgreSQL one waits for the other instead
-    # of the two deadlocking (which failed one of them with a 500).
-    ordered = sorted(rows.items())
-    insert = _insert_postgresql if conn.dialect.name == "postgresql" else _insert_generic
-    splits = [split_for_hash(digest, probe_tenths) for digest, _ in ordered]
-    inserted = insert(conn, bucket.id, client, ordered, splits)
+    for digest in known_hashes(conn, bucket.id, list(rows)):
+        del rows[digest]
+    inserted = 0
+    if rows:
+        # Insert in hash order: concurrent batches that share examples then take the unique
+        # index's entries in the same order, so on PostgreSQL one waits for the other
+        # instead of the two deadlocking (which failed one of them with a 500).
+        ordered = sorted(rows.items())
+        insert = _insert_postgresql if conn.dialect.name == "postgresql" else _insert_generic
+        splits = [split_for_hash(digest, probe_tenths) for digest, _ in ordered]
+        inserted = insert(conn, bucket.id, client, ordered, splits)
     return IngestResult(bucket=bucket_name, accepted=inserted, duplicates=len(examples) - inserted)
+
+
+def known_hashes(conn: Connection, bucket_id: int, hashes: Sequence[str]) -> set[str]:
+    """The ``hashes`` that the bucket already stores.
+
+    The list travels as one parameter (an array on PostgreSQL, a JSON array read with
+    ``json_each`` on SQLite): the statement text stays short and constant whatever the
+    batch size, so it is parsed and prepared once (see :func:`_insert_postgresql`).
+    """
+    if not hashes:
+        return set()
+    condition: ColumnElement[bool]
+    if conn.dialect.name == "postgresql":
+        listed = any_(bindparam("hashes", list(hashes), type_=ARRAY(Text)))
+        condition = Example.content_hash == listed
+    else:
+        each = func.json_each(bindparam("hashes", json.dumps(list(hashes)))).table_valued("value")
+        condition = Example.content_hash.in_(select(each.c.value))
+    query = select(Example.content_hash).where(Example.bucket_id == bucket_id, condition)
+    return set(conn.execute(query).scalars())
 
 
 _PG_COLUMNS = ("prompt", "target", "split", "content_hash", "external_id")

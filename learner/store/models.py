@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -46,6 +47,14 @@ ADAPTER_STATUSES = ("pending", "candidate", "promoted", "rejected", "retired")
 REGISTRY_ACTIONS = ("promote", "rollback", "force", "reset")
 KEY_SCOPES = ("read", "submit", "admin")
 ANSWER_CHARS = 200  # stored length of a probe answer
+
+# Ids of the tables that grow without bound (examples, and the logs appended to by the
+# learner and by requests), and the columns that refer to them: 64-bit on PostgreSQL, where
+# a 32-bit sequence runs out (every conflicting ``INSERT ... ON CONFLICT DO NOTHING`` burns
+# a value too). Buckets and API keys are made by hand and adapter versions are numbered
+# explicitly, so they keep 32 bits. SQLite keeps ``INTEGER``: it is 64-bit already, and
+# only ``INTEGER PRIMARY KEY`` is the rowid alias that autoincrements.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
@@ -93,7 +102,7 @@ class Example(Base):
         Index("ix_examples_bucket_split", "bucket_id", "split"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
     prompt: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
@@ -110,7 +119,7 @@ class ReplayState(Base):
     __tablename__ = "replay_state"
 
     example_id: Mapped[int] = mapped_column(
-        ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
+        BigId, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
     )
     priority: Mapped[float] = mapped_column(Float)
     last_loss: Mapped[float | None] = mapped_column(Float)
@@ -124,8 +133,8 @@ class DifficultyScore(Base):
     __tablename__ = "difficulty_scores"
     __table_args__ = (UniqueConstraint("example_id", "member", name="uq_difficulty_scores_item"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    example_id: Mapped[int] = mapped_column(BigId, ForeignKey("examples.id", ondelete="CASCADE"))
     member: Mapped[str] = mapped_column(String(200))
     correct: Mapped[int | None] = mapped_column(Integer)
     mean_logprob: Mapped[float | None] = mapped_column(Float)
@@ -138,7 +147,7 @@ class ItemDifficulty(Base):
     __tablename__ = "item_difficulty"
 
     example_id: Mapped[int] = mapped_column(
-        ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
+        BigId, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
     )
     difficulty: Mapped[float] = mapped_column(Float)
     std_error: Mapped[float | None] = mapped_column(Float)
@@ -172,7 +181,7 @@ class RegistryEvent(Base):
     __tablename__ = "registry_events"
     __table_args__ = (CheckConstraint(_one_of("action", REGISTRY_ACTIONS), name="action"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     action: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(String(64))
     from_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
@@ -187,7 +196,7 @@ class Evaluation(Base):
     __tablename__ = "evaluations"
     __table_args__ = (Index("ix_evaluations_bucket_version", "bucket_id", "adapter_version"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     adapter_version: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.version"))
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
     score: Mapped[float] = mapped_column(Float)
@@ -210,11 +219,11 @@ class ProbeResult(Base):
         Index("ix_probe_results_bucket_version", "bucket_id", "adapter_version"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     adapter_version: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.version", ondelete="CASCADE")
     )
-    example_id: Mapped[int] = mapped_column(ForeignKey("examples.id", ondelete="CASCADE"))
+    example_id: Mapped[int] = mapped_column(BigId, ForeignKey("examples.id", ondelete="CASCADE"))
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
     correct: Mapped[bool] = mapped_column()
     # The answer itself, cut to ANSWER_CHARS: the gate tells refusals from answers with it.
@@ -228,7 +237,7 @@ class TeacherState(Base):
 
     __tablename__ = "teacher_state"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     step: Mapped[int] = mapped_column(Integer)
     policy: Mapped[str] = mapped_column(String(32))
     state: Mapped[dict[str, Any]] = mapped_column()
@@ -240,7 +249,7 @@ class TeacherDecision(Base):
 
     __tablename__ = "teacher_decisions"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     step: Mapped[int] = mapped_column(Integer, index=True)
     bucket_id: Mapped[int | None] = mapped_column(
         ForeignKey("buckets.id", ondelete="SET NULL"), index=True
@@ -288,7 +297,7 @@ class ControlCommand(Base):
 
     __tablename__ = "control_commands"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     command: Mapped[str] = mapped_column(String(32))
     args: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(64))

@@ -3,7 +3,6 @@ the admin actions that change it (promote, rollback), each logged with who and w
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
 
@@ -17,14 +16,16 @@ from learner.store.db import write_transaction
 from learner.store.models import AdapterVersion, RegistryEvent
 from server.deps import Admin, ReadConn, Reader, State
 from server.schemas import (
+    API_ERRORS,
     MAX_VERSION,
     ErrorOut,
     PromoteIn,
     RegistryEventOut,
     RollbackIn,
+    UtcDateTime,
 )
 
-router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
+router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=API_ERRORS)
 VersionPath = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorOut},
@@ -46,7 +47,7 @@ class AdapterOut(BaseModel):
     train_step: int
     sha256: str
     path: str
-    created_at: datetime
+    created_at: UtcDateTime
     active: bool
     provenance: dict[str, Any]
     metrics: dict[str, Any]

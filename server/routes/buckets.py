@@ -12,9 +12,16 @@ from learner.store.difficulty import BucketDifficulty, bucket_difficulties
 from learner.store.ingest import BUCKET_NAME_RE
 from learner.store.teacher import TeacherView, teacher_view
 from server.deps import ReadConn, Reader
-from server.schemas import BucketOut, BucketTeacherOut, ErrorOut, ExampleOut, ExamplePage
+from server.schemas import (
+    API_ERRORS,
+    BucketOut,
+    BucketTeacherOut,
+    ErrorOut,
+    ExampleOut,
+    ExamplePage,
+)
 
-router = APIRouter(prefix="/v1/buckets", tags=["buckets"])
+router = APIRouter(prefix="/v1/buckets", tags=["buckets"], responses=API_ERRORS)
 
 
 def _bucket_out(

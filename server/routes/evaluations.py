@@ -12,8 +12,9 @@ from fastapi import APIRouter
 
 from learner.evaluation.matrix import matrix_report
 from server.deps import ReadConn, Reader
+from server.schemas import API_ERRORS
 
-router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], responses=API_ERRORS)
 
 
 @router.get("")

@@ -11,8 +11,9 @@ from pydantic import BaseModel
 from learner import control, lease
 from learner.store.db import write_transaction
 from server.deps import Admin, ReadConn, Reader, State
+from server.schemas import API_ERRORS
 
-router = APIRouter(prefix="/v1/learner", tags=["learner"])
+router = APIRouter(prefix="/v1/learner", tags=["learner"], responses=API_ERRORS)
 
 
 class LearnerOut(BaseModel):

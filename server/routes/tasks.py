@@ -7,9 +7,9 @@ from fastapi import APIRouter, status
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
 from server.deps import State, Submitter
-from server.schemas import ErrorOut, TaskAccepted, TaskSubmission
+from server.schemas import API_ERRORS, ErrorOut, TaskAccepted, TaskSubmission
 
-router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=API_ERRORS)
 
 
 @router.post(

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 
 from learner.store.teacher import latest_snapshot, recent_decisions
 from server.deps import ReadConn, Reader
-from server.schemas import TeacherDecisionOut, TeacherOut
+from server.schemas import API_ERRORS, TeacherDecisionOut, TeacherOut
 
-router = APIRouter(prefix="/v1/teacher", tags=["teacher"])
+router = APIRouter(prefix="/v1/teacher", tags=["teacher"], responses=API_ERRORS)
 
 
 @router.get("")

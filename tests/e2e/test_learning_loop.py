@@ -120,7 +120,7 @@ def test_promoted_version_beats_base(
         )
 
 
-def _checkpoint_step(data_dir: Path) -> int:
+def checkpoint_step(data_dir: Path) -> int:
     latest = data_dir / "learner" / "checkpoints" / "LATEST"
     return int(json.loads(latest.read_text())["step"]) if latest.exists() else 0
 
@@ -135,10 +135,10 @@ def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) 
     )
     with server.client("admin") as http:
         submitted = submit_bucket(http, n=300)
-        server.wait_for(lambda: _checkpoint_step(data_dir) >= 20, 240, "a checkpoint at step >= 20")
+        server.wait_for(lambda: checkpoint_step(data_dir) >= 20, 240, "a checkpoint at step >= 20")
         learner = http.get("/v1/learner").json()
         old_pid = int(learner["holder"].rsplit(":", 1)[1])
-        saved_step = _checkpoint_step(data_dir)
+        saved_step = checkpoint_step(data_dir)
         os.kill(old_pid, signal.SIGKILL)
 
         # More data arrives while the learner is down: nothing submitted may be lost.

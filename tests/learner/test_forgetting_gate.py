@@ -1,9 +1,10 @@
 """The gate rejects a candidate that forgets a learned bucket, even though it learned another.
 
-The builtin ``small`` preset learns bucket A (``copy`` prompts) and that version is
-promoted. Then it trains only on bucket B: the same prompts with other answers, which
-interferes with A directly. The next candidate improves B, but A's probe accuracy falls
-far beyond ``max_forgetting``: it must be rejected, with a report that names A.
+The builtin ``small`` preset learns bucket A (``copy`` prompts answered with a "!"
+appended) and that version is promoted. Then it trains only on bucket B: the same prompts
+with other answers, which interferes with A directly. The next candidate improves B, but
+A's probe accuracy falls far beyond ``max_forgetting``: it must be rejected, with a report
+that names A.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from learner.tasks import make_examples
 from learner.worker import Learner
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
-STEPS = 80
+# Phase one's length: 80 steps gave +0.21 on A here, 120 steps +0.45 (the promotion the
+# test relies on needs a clear margin).
+STEPS = 120
 
 
 def _learner(engine: Engine, data_dir: Path, model_dir: str, max_steps: int) -> Learner:
@@ -46,8 +49,13 @@ def test_a_candidate_that_forgets_a_learned_bucket_is_rejected(
     engine: Engine, tmp_path: Path, small_model_dir: str
 ) -> None:
     examples = make_examples("copy", 400, level=1, seed=3)
+    # A: copy with a "!" appended. No base model answers that, whatever it learned of copy
+    # (plain copy-l1 was 0.03 under the small model built here and 0.47 under one built on
+    # a 16-core machine, where 120 steps on A only lowered it): the test needs a bucket the
+    # base cannot do and the learner can learn.
     with write_transaction(engine) as conn:
-        ingest_batch(conn, "A", [NewExample(e["prompt"], e["target"]) for e in examples])
+        learnable = [NewExample(e["prompt"], e["target"] + "!") for e in examples]
+        ingest_batch(conn, "A", learnable)
     _learner(engine, tmp_path, small_model_dir, STEPS).run()
     with engine.connect() as conn:
         (learned,) = registry.list_versions(conn)
@@ -72,4 +80,7 @@ def test_a_candidate_that_forgets_a_learned_bucket_is_rejected(
     assert "bucket A lost" in report["summary"]
     gain = checks["gain"]  # B improved: the rejection is about A alone
     assert gain["passed"] and gain["value"] > 0, gain["message"]
-    assert [c["name"] for c in report["checks"] if not c["passed"]] == ["forgetting A"]
+    # Only A's loss fails the candidate: its forgetting and, where A's drop is large, the
+    # negative flips (A's probes are the only ones the active version got right).
+    failing = {c["name"] for c in report["checks"] if not c["passed"]}
+    assert "forgetting A" in failing and failing <= {"forgetting A", "nfr"}, failing

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from learner.config import GenerationParams
-from learner.modeling import IGNORE_INDEX, encode_examples, generate, load_base, per_example_loss
+from learner.modeling import (
+    IGNORE_INDEX,
+    _DrawToken,
+    encode_examples,
+    generate,
+    load_base,
+    per_example_loss,
+)
 
 
 def test_encoding_masks_the_prompt(micro_model_dir: Path) -> None:
@@ -50,3 +58,44 @@ def test_generation_stop_and_seeded_sampling(micro_model_dir: Path) -> None:
     assert generate(model, tokenizer, prompts, sampled) == generate(
         model, tokenizer, prompts, sampled
     )
+
+
+def test_sampling_leaves_the_global_rng_alone(micro_model_dir: Path) -> None:
+    """A seeded request draws from its own generator: the same output whatever the global
+    RNG holds, and the global RNG (which unseeded requests would share) is not reseeded."""
+    model, tokenizer = load_base(micro_model_dir, torch.device("cpu"))
+    prompts = ["copy ab =", "reverse abc ="]
+    seeded = GenerationParams(max_new_tokens=8, temperature=1.5, seed=3)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = generate(model, tokenizer, prompts, seeded)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(456)
+    assert generate(model, tokenizer, prompts, seeded) == first
+    state = torch.get_rng_state()
+    generate(model, tokenizer, prompts, replace(seeded, seed=None))
+    assert torch.equal(torch.get_rng_state(), state)
+    # It does sample: other seeds give other completions.
+    outputs = {
+        tuple(generate(model, tokenizer, prompts, replace(seeded, seed=s))) for s in range(6)
+    }
+    assert len(outputs) > 1
+
+
+def test_the_draw_follows_the_distribution() -> None:
+    """The token-drawing processor samples softmax(scores) and leaves only that token."""
+    generator = torch.Generator().manual_seed(0)
+    draw = _DrawToken(generator)
+    scores = torch.log(torch.tensor([[1.0, 3.0]])).repeat(4000, 1)
+    out = draw(torch.zeros((4000, 1), dtype=torch.long), scores)  # type: ignore[arg-type]
+    assert ((out == 0).sum(dim=1) == 1).all() and torch.isinf(out).sum() == 4000
+    share = (out[:, 1] == 0).float().mean().item()
+    assert 0.72 < share < 0.78
+
+
+def test_a_vanishing_temperature_decodes_greedily(micro_model_dir: Path) -> None:
+    """Logits / 1e-134 overflow: such a temperature means greedy, not a crash."""
+    model, tokenizer = load_base(micro_model_dir, torch.device("cpu"))
+    greedy = generate(model, tokenizer, ["copy ab ="], GenerationParams(max_new_tokens=4))
+    tiny = GenerationParams(max_new_tokens=4, temperature=1e-134, seed=3)
+    assert generate(model, tokenizer, ["copy ab ="], tiny) == greedy

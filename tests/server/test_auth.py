@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from learner.store.db import write_transaction
 from learner.store.keys import create_key, list_keys, revoke_key
+from server import auth as authenticator_module
 from server.app import create_app
 from server.settings import Settings
 
@@ -161,3 +162,63 @@ def test_bad_environment_keys_stop_the_start(
     ]:
         with subtests.test(spec), pytest.raises(ValueError, match=message):
             make_client(api_keys=spec)
+
+
+def test_unauthenticated_invalid_json_is_401_not_422(client: TestClient, api: Api) -> None:
+    """The key is checked before the body is read: no key, no parsing."""
+    headers = {"Content-Type": "application/json"}
+    response = client.post(TASKS, content=b"{not json", headers=headers)
+    assert response.status_code == 401, response.text
+    assert "missing API key" in api.error(response)
+    bad_key = {**headers, **api.bearer("made-up")}
+    assert client.post(TASKS, content=b"{not json", headers=bad_key).status_code == 401
+
+
+def test_unknown_keys_are_cached_as_misses(
+    make_client: ClientFactory, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeated made-up key is looked up once per miss interval, not per request."""
+    client = make_client(auth_failure_limit=1000)
+    authenticator = client.app.state.lifelong.authenticator  # type: ignore[attr-defined]
+    lookups: list[str] = []
+    real = authenticator_module.lookup_key
+
+    def counting(conn: Any, key: str) -> Any:
+        lookups.append(key)
+        return real(conn, key)
+
+    monkeypatch.setattr(authenticator_module, "lookup_key", counting)
+    for _ in range(10):
+        assert client.get("/v1/buckets", headers=api.bearer("made-up")).status_code == 401
+    assert lookups == ["made-up"]
+    authenticator._cache.clear()  # the miss expires: the key is looked up again
+    assert client.get("/v1/buckets", headers=api.bearer("made-up")).status_code == 401
+    assert lookups == ["made-up", "made-up"]
+
+
+def test_repeated_failures_are_throttled_but_valid_keys_pass(
+    make_client: ClientFactory, api: Api
+) -> None:
+    client = make_client(auth_failure_limit=5, auth_failure_window_seconds=60)
+    statuses = [
+        client.get("/v1/buckets", headers=api.bearer(f"guess-{i}")).status_code for i in range(8)
+    ]
+    assert statuses == [401] * 5 + [429] * 3
+    throttled = client.get("/v1/buckets", headers=api.bearer("guess-9"))
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 60
+    assert "too many failed authentications" in api.error(throttled)
+    # Same address, a valid key: never throttled (env keys are known without a lookup).
+    assert client.get("/v1/buckets", headers=api.auth("read")).status_code == 200
+    assert client.post(TASKS, json=body(), headers=api.auth("submit")).status_code == 202
+
+
+def test_a_stored_key_seen_valid_is_not_throttled(make_client: ClientFactory, api: Api) -> None:
+    """Its cache entry expires at once here, so each request looks it up again."""
+    client = make_client(auth_cache_seconds=0, auth_failure_limit=3)
+    with write_transaction(api.engine) as conn:
+        key = create_key(conn, "read", "dashboard")
+    assert client.get("/v1/buckets", headers=api.bearer(key)).status_code == 200
+    for i in range(5):
+        client.get("/v1/buckets", headers=api.bearer(f"guess-{i}"))
+    assert client.get("/v1/buckets", headers=api.bearer("guess-x")).status_code == 429
+    assert client.get("/v1/buckets", headers=api.bearer(key)).status_code == 200

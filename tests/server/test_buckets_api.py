@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi.testclient import TestClient
 
-from learner.store.db import downgrade
 from server.settings import LimitSettings
 
 if TYPE_CHECKING:
@@ -164,21 +163,6 @@ def test_bucket_reads_need_a_key(client: TestClient, api: Api, subtests: pytest.
             assert client.get(path, headers=api.auth("read")).status_code == 200
 
 
-def test_health_and_readiness(client: TestClient, api: Api) -> None:
-    health = client.get("/healthz")
-    assert health.status_code == 200 and health.json() == {"status": "ok"}
-    ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
-
-    # A database that loses its schema is no longer ready (and says why).
-    downgrade(api.engine, "base")
-    not_ready = client.get("/readyz")
-    assert not_ready.status_code == 503
-    assert not_ready.json()["status"] == "unavailable"
-    assert "schema is not at head" in not_ready.json()["reason"]
-    assert client.get("/healthz").status_code == 200
-
-
 def test_openapi_lists_the_endpoints(client: TestClient) -> None:
     response = client.get("/openapi.json")
     assert response.status_code == 200
@@ -196,3 +180,15 @@ def test_openapi_lists_the_endpoints(client: TestClient) -> None:
     task_body = paths["/v1/tasks"]["post"]["requestBody"]["content"]["application/json"]
     assert task_body["schema"]["$ref"].endswith("/TaskSubmission")
     assert "202" in paths["/v1/tasks"]["post"]["responses"]
+
+
+def test_unknown_query_parameters_are_422(client: TestClient, api: Api) -> None:
+    response = client.get("/v1/buckets", params={"limt": "5"}, headers=api.auth("read"))
+    assert response.status_code == 422
+    assert "unknown query parameter(s) 'limt'" in api.error(response)
+
+
+def test_a_repeated_query_parameter_is_422(client: TestClient, api: Api) -> None:
+    response = client.get("/v1/teacher?decisions=5&decisions=6", headers=api.auth("read"))
+    assert response.status_code == 422
+    assert "'decisions' given more than once" in api.error(response)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from learner.store.buckets import count_examples, get_bucket
 from learner.store.db import write_transaction
@@ -136,6 +136,29 @@ def test_duplicates_across_batches(engine: Engine) -> None:
     result = ingest(engine, "dups", overlapping)
     assert (result.accepted, result.duplicates) == (3, 6)
     assert count(engine) == 13
+
+
+def max_id(engine: Engine, table: type[Bucket] | type[Example]) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.max(table.id))).scalar_one())
+
+
+def test_resubmissions_do_not_use_up_ids(engine: Engine) -> None:
+    """Known hashes and buckets are skipped before the insert: on PostgreSQL a row that
+    reaches ``ON CONFLICT DO NOTHING`` has already taken a sequence value."""
+    batch = make_examples(20)
+    assert ingest(engine, "again", batch).accepted == 20
+    last_example, last_bucket = max_id(engine, Example), max_id(engine, Bucket)
+    for _ in range(3):
+        result = ingest(engine, "again", batch)
+        assert (result.accepted, result.duplicates) == (0, 20)
+    # A partly known batch reports the same counts as before the change.
+    mixed = [*batch[:5], *make_examples(1, start=20), batch[0]]
+    assert ingest(engine, "again", mixed) == IngestResult("again", accepted=1, duplicates=6)
+    assert max_id(engine, Example) == last_example + 1  # the next id after the first batch
+    assert ingest(engine, "another", make_examples(1)).accepted == 1
+    assert max_id(engine, Bucket) == last_bucket + 1
+    assert max_id(engine, Example) == last_example + 2
 
 
 def test_same_content_in_another_bucket_is_not_a_duplicate(engine: Engine) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, select, text, update
 
-from learner.store.db import downgrade, is_at_head, make_engine, upgrade
-from learner.store.models import Base
+from learner.store.db import downgrade, is_at_head, make_engine, upgrade, write_transaction
+from learner.store.ingest import NewExample, ingest_batch
+from learner.store.models import Base, Example, ReplayState
 
 
 def _tables(engine) -> set[str]:  # type: ignore[no-untyped-def]
@@ -52,3 +53,60 @@ def test_autogenerate_notices_a_missing_table(empty_db_url: str) -> None:
         conn.exec_driver_sql("DROP TABLE teacher_decisions")
     assert any(d[0] == "add_table" for d in _diff(engine) if isinstance(d, tuple))
     engine.dispose()
+
+
+# Columns that revision 0004 makes 64-bit (the sequence-filled ids and the references to
+# examples.id); buckets.id stays 32-bit and shows the check can tell the two apart.
+WIDE_COLUMNS = {("examples", "id"), ("probe_results", "example_id"), ("teacher_decisions", "id")}
+
+
+def _column_types(engine) -> dict[tuple[str, str], str]:  # type: ignore[no-untyped-def]
+    """Declared type of every column (PostgreSQL: also each sequence, as (name, "seq"))."""
+    with engine.connect() as conn:
+        inspector = inspect(conn)
+        types = {
+            (table, col["name"]): str(col["type"])
+            for table in inspector.get_table_names()
+            for col in inspector.get_columns(table)
+        }
+        if engine.dialect.name == "postgresql":
+            rows = conn.exec_driver_sql("SELECT sequencename, data_type FROM pg_sequences")
+            types.update({(name, "seq"): data_type for name, data_type in rows})
+    return types
+
+
+def test_bigint_ids_revision_round_trip(empty_db_url: str) -> None:
+    """0004 widens the ids on PostgreSQL (sequences included), leaves SQLite's DDL as it
+    was (INTEGER PRIMARY KEY must stay the rowid), and its downgrade restores 0003."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine, "0003")
+    before = _column_types(engine)
+    upgrade(engine)
+    after = _column_types(engine)
+    if engine.dialect.name == "sqlite":
+        assert after == before
+    else:
+        assert {after[c] for c in WIDE_COLUMNS} == {"BIGINT"}
+        assert {before[c] for c in WIDE_COLUMNS} == {"INTEGER"}
+        assert after[("buckets", "id")] == "INTEGER"
+        assert after[("examples_id_seq", "seq")] == "bigint"
+        assert after[("buckets_id_seq", "seq")] == "integer"
+    downgrade(engine, "0003")
+    assert _column_types(engine) == before
+    engine.dispose()
+
+
+def test_example_ids_past_32_bits(engine) -> None:  # type: ignore[no-untyped-def]
+    """Ingestion goes on past 2**31 ids, and the rows that refer to examples keep up."""
+    big = 2**31 + 10
+    with write_transaction(engine) as conn:
+        ingest_batch(conn, "wide", [NewExample("first", "1")])
+        conn.execute(update(Example).values(id=big - 1))
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT setval('examples_id_seq', :v)"), {"v": big - 1})
+        ingest_batch(conn, "wide", [NewExample("second", "2")])
+        ids = list(conn.execute(select(Example.id).order_by(Example.id)).scalars())
+        assert ids == [big - 1, big]
+        conn.execute(insert(ReplayState).values(example_id=big, priority=1.0, times_sampled=0))
+        stored = conn.execute(select(ReplayState.example_id)).scalar_one()
+    assert stored == big
