@@ -60,12 +60,12 @@ def _hostile(server: LiveServer, kind: str, index: int, statuses: Counter[str]) 
                 statuses[f"{kind} closed ({type(exc).__name__})"] += 1
 
 
-def _valid_ingestion(server: LiveServer, n: int) -> list[float]:
-    """Submit ``n`` batches one after another; seconds each took."""
+def _valid_ingestion(server: LiveServer, n: int, tag: str) -> list[float]:
+    """Submit ``n`` batches of new examples one after another; seconds each took."""
     seconds = []
     with server.client("submit", timeout=30.0) as http:
         for batch in range(n):
-            examples = [{"prompt": f"abuse-{batch}-{i} =", "target": f" {i}"} for i in range(50)]
+            examples = [{"prompt": f"{tag}-{batch}-{i} =", "target": f" {i}"} for i in range(50)]
             started = time.monotonic()
             response = http.post("/v1/tasks", json={"bucket": "valid", "examples": examples})
             seconds.append(time.monotonic() - started)
@@ -74,7 +74,7 @@ def _valid_ingestion(server: LiveServer, n: int) -> list[float]:
 
 
 def test_strangers_do_not_delay_a_valid_ingestion(abused_server: LiveServer) -> None:
-    baseline = _valid_ingestion(abused_server, 2)
+    baseline = _valid_ingestion(abused_server, 2, "before")
     statuses: Counter[str] = Counter()
     threads = [
         threading.Thread(target=_hostile, args=(abused_server, kind, i, statuses))
@@ -84,7 +84,7 @@ def test_strangers_do_not_delay_a_valid_ingestion(abused_server: LiveServer) -> 
     for thread in threads:
         thread.start()
     time.sleep(0.3)  # let the flood build up
-    under_attack = _valid_ingestion(abused_server, 5)
+    under_attack = _valid_ingestion(abused_server, 5, "during")
     for thread in threads:
         thread.join(120)
     print(f"baseline {baseline}, under attack {under_attack}, statuses {dict(statuses)}")
