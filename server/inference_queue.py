@@ -8,7 +8,7 @@ recent job durations.
 
 Waiting jobs that share a merge key (the same model and decoding settings) run as one
 ``generate`` call: prompts decode together, left-padded, and on the builtin tiny model 8
-requests of 4 prompts took 0.14 s merged against 0.53 s one after another
+requests of 4 prompts took 0.147 s merged against 0.490 s one after another
 (bench/results/batching.md). A merged batch keeps within the per-request token budget
 (prompts x (longest prompt + max_tokens), what the padded batch costs), so merging never
 makes a batch bigger than one request may be.
