@@ -159,12 +159,15 @@ class TeacherConfig:
     watch_probes: int = 32
     harm_window: int = 3
     harm_max_drop: float = 0.4
+    # When the policy decides to rest (no learnable arm), the learner trains nothing for
+    # this long, or until a new bucket or new data arrives, then asks again.
+    rest_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         from teacher.harm import HarmConfig
         from teacher.policies import make_policy
 
-        _positive(self, "round_steps", "eval_probes", "snapshots_kept")
+        _positive(self, "round_steps", "eval_probes", "snapshots_kept", "rest_seconds")
         if self.watch_probes < 0:
             raise ValueError("TeacherConfig.watch_probes must be >= 0")
         HarmConfig(self.harm_window, self.harm_max_drop)

@@ -12,6 +12,7 @@ difficulties it gives ``lp_zpd`` its cold-start prior p(1-p), p = sigmoid(theta 
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,6 +37,18 @@ class Round:
     losses: list[float] = field(default_factory=list)
 
 
+@dataclass
+class Rest:
+    """The policy decided that no arm is worth training: nothing trains until ``until``
+    (time.monotonic()), or until the arms change or new data wakes one up."""
+
+    arms: tuple[str, ...]
+    step: int
+    scores: dict[str, float]
+    reason: str
+    until: float
+
+
 class Curriculum:
     """Asks the configured policy for each round's focus and feeds the results back."""
 
@@ -45,6 +58,7 @@ class Curriculum:
         # Its own stream, so the teacher's draws do not shift the batch sampling.
         self.rng = np.random.default_rng([seed, 0x7EAC])
         self.current: Round | None = None
+        self.rest: Rest | None = None
         self.evidence: dict[int, bool] = {}  # probe example id -> latest answer correct
         self.ability: float | None = None
         self.ability_se: float | None = None
@@ -58,17 +72,46 @@ class Curriculum:
         return [a for a in arms if a not in self.harm.quarantined]
 
     def needs_decision(self, arms: list[str]) -> bool:
-        """True when no round is running (a round whose bucket vanished is dropped)."""
+        """True when no round is running (a round whose bucket vanished is dropped) and no
+        rest is on (a rest ends at its time, or when the arms change)."""
         if self.current is not None and self.current.arm not in arms:
             self.current = None  # paused or gone mid-round: no feedback, choose again
-        return self.current is None
+        if self.rest is not None and (
+            time.monotonic() >= self.rest.until or tuple(arms) != self.rest.arms
+        ):
+            self.rest = None
+        return self.current is None and self.rest is None
 
-    def decide(self, arms: list[str], bucket_ids: dict[str, int], step: int) -> Round:
+    def note_sizes(self, sizes: dict[str, int]) -> None:
+        """Train set sizes of the arms: new data may wake an arm up, which ends a rest."""
+        woken = [arm for arm, n in sizes.items() if self.policy.note_size(arm, n)]
+        if woken:
+            self.rest = None
+
+    def decide(self, arms: list[str], bucket_ids: dict[str, int], step: int) -> Round | Rest:
+        """A new round, or a rest when the policy finds no arm worth training."""
         decision = self.policy.choose(arms, self.rng)
-        self.current = Round(
-            decision.arm, bucket_ids[decision.arm], step, dict(decision.scores), decision.reason
-        )
+        scores = dict(decision.scores)
+        if decision.arm is None:
+            until = time.monotonic() + self.config.rest_seconds
+            self.rest = Rest(tuple(arms), step, scores, decision.reason, until)
+            return self.rest
+        self.current = Round(decision.arm, bucket_ids[decision.arm], step, scores, decision.reason)
         return self.current
+
+    def rest_record(self, rest: Rest) -> DecisionRecord:
+        """The decision row of a rest: no bucket, no steps."""
+        return DecisionRecord(
+            step=rest.step,
+            bucket_id=None,
+            policy=self.policy.name,
+            scores=rest.scores,
+            reason=rest.reason,
+            steps=0,
+            accuracy=None,
+            loss=None,
+            reward=None,
+        )
 
     def record_loss(self, loss: float) -> None:
         if self.current is not None:
@@ -78,14 +121,20 @@ class Curriculum:
         return self.current is not None and len(self.current.losses) >= self.config.round_steps
 
     def finish_round(
-        self, step: int, accuracy: float | None, answers: dict[int, bool]
+        self,
+        step: int,
+        accuracy: float | None,
+        answers: dict[int, bool],
+        heldout_loss: float | None = None,
     ) -> DecisionRecord:
         """Feed the round's result to the policy; returns the decision row to store."""
         if self.current is None:
             raise RuntimeError("no round in progress")
         current, self.current = self.current, None
         loss = float(np.mean(current.losses)) if current.losses else None
-        reward = self.policy.observe(current.arm, accuracy=accuracy, loss=loss)
+        reward = self.policy.observe(
+            current.arm, accuracy=accuracy, loss=loss, heldout_loss=heldout_loss
+        )
         self.evidence.update(answers)
         return DecisionRecord(
             step=current.start_step,
@@ -161,6 +210,7 @@ class Curriculum:
                 "start_step": self.current.start_step,
                 "steps": len(self.current.losses),
             },
+            "resting": None if self.rest is None else self.rest.reason,
             "learner_ability": self.ability,
             "learner_ability_se": self.ability_se,
             "probes_answered": len(self.evidence),

@@ -157,6 +157,16 @@ class TeacherOut(BaseModel):
     current_round: dict[str, Any] | None
     bucket_difficulty: dict[str, float]
     ensemble: dict[str, Any] | None = Field(description="Members and the newest IRT fit.")
+    quarantined: dict[str, str] = Field(
+        default_factory=dict, description="Buckets the harm watch excluded, with the reason."
+    )
+    stalled: dict[str, str] = Field(
+        default_factory=dict,
+        description="Buckets that showed no progress within their budget (revisited rarely).",
+    )
+    resting: str | None = Field(
+        default=None, description="Why the learner rests (no learnable bucket); None: it trains."
+    )
     decisions: list[TeacherDecisionOut] = Field(description="Newest first.")
 
 

@@ -16,9 +16,12 @@ UNTRIED = 1e6
 
 @dataclass(frozen=True)
 class Decision:
-    """One teacher decision: the focus arm, the score of every offered arm, and why."""
+    """One teacher decision: the focus arm, the score of every offered arm, and why.
 
-    arm: str
+    ``arm`` None is a decision to rest: no arm is worth training now (``lp_zpd`` when every
+    arm is mastered or stalled)."""
+
+    arm: str | None
     scores: dict[str, float] = field(default_factory=dict)
     reason: str = ""
 
@@ -79,24 +82,32 @@ class Policy:
         raise NotImplementedError
 
     def observe(
-        self, arm: str, accuracy: float | None = None, loss: float | None = None
+        self,
+        arm: str,
+        accuracy: float | None = None,
+        loss: float | None = None,
+        heldout_loss: float | None = None,
     ) -> float | None:
         """Turn a probe accuracy and/or training loss into a progress reward and learn from it.
 
-        Accuracy-based progress wins when both are given. Returns the reward, or None while
-        there is too little history to measure progress.
+        Accuracy-based progress wins when both are given. ``heldout_loss`` (the probes'
+        mean target loss, measured with the accuracy) is extra evidence of progress that
+        only some policies use. Returns the reward, or None while there is too little
+        history to measure progress.
         """
         reward = None
         if loss is not None:
             reward = abs(self.loss.observe(arm, loss))
         if accuracy is not None:
-            acc_reward = self._accuracy_reward(arm, accuracy)
+            acc_reward = self._accuracy_reward(arm, accuracy, heldout_loss)
             reward = acc_reward if acc_reward is not None else reward
         if reward is not None:
             self.update(arm, reward)
         return reward
 
-    def _accuracy_reward(self, arm: str, accuracy: float) -> float | None:
+    def _accuracy_reward(
+        self, arm: str, accuracy: float, heldout_loss: float | None = None
+    ) -> float | None:
         return self.probe.observe(arm, accuracy)
 
     def update(self, arm: str, reward: float) -> None:
@@ -107,6 +118,11 @@ class Policy:
 
     def set_ability(self, theta: float | None) -> None:
         """The learner's IRT ability (only difficulty-aware policies use it)."""
+
+    def note_size(self, arm: str, train_examples: int) -> bool:
+        """The arm's current number of train examples; True when new data changed the
+        policy's view of it (a resting policy should then be asked again)."""
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -9,20 +9,29 @@ cold start.
 - An arm with fewer than 2 evaluations is scored cold_bonus + p(1-p), p = sigmoid(theta - b):
   TSCL's forced exploration, ordered by predicted learnability (most informative near
   p = 0.5, as in online difficulty filtering). Without b or theta, p(1-p) = 0.25.
+- Until an arm has had its patience budget (teacher.stall; more evaluations for an arm
+  predicted hard), its mean progress is shrunk towards an optimistic prior,
+  ``prior_progress * 4 p(1-p)`` (highest in the zone of proximal development), with the
+  budget as pseudo-count, so a slow starter keeps getting rounds while the
+  evidence is thin, and loses them as the evidence of no progress grows.
 - Mastered arms (last probe accuracy >= mastery and |slope| <= flat_tol) are not chosen as
-  focus; they are left to replay. If every arm is mastered, the best-scored one is taken.
+  focus; they are left to replay (forgetting seen at a re-evaluation makes them unmastered,
+  and their absolute progress high). Stalled arms (no progress within their budget) are
+  only revisited at a decaying rate. If every arm is mastered or stalled, the decision is
+  to rest (``arm`` None): training on noise would only cost what was learned.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from teacher.base import Decision, Policy, PolicyConfig, RewardWindow, argmax, ucb_bonus
 from teacher.progress import WindowSlope
+from teacher.stall import StallConfig, StallTracker, predicted_accuracy
 
 
 @dataclass
@@ -33,9 +42,16 @@ class LpZpdConfig(PolicyConfig):
     slope_window: int = 6  # probe evaluations in the progress fit
     flat_tol: float = 0.01  # |slope| at or below this counts as flat
     cold_bonus: float = 1.0  # lifts arms without progress history above every warm arm
+    # Optimistic progress per evaluation assumed of an arm within its patience budget.
+    prior_progress: float = 0.1
+    stall: StallConfig = field(default_factory=StallConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.stall, dict):  # from JSON settings (LIFELONG_TEACHER__OPTIONS)
+            self.stall = StallConfig(**self.stall)
+        if self.prior_progress < 0:
+            raise ValueError("prior_progress must be >= 0")
         if self.c < 0 or self.window < 1 or not 0.0 < self.gamma <= 1.0:
             raise ValueError("need c >= 0, window >= 1, 0 < gamma <= 1")
         if self.slope_window < 2 or self.flat_tol < 0 or self.cold_bonus < 0:
@@ -63,10 +79,19 @@ class LpZpd(Policy):
         self.rewards = RewardWindow(self.config.window, self.config.gamma)
         self.difficulty: dict[str, float] = {}
         self.theta: float | None = None
+        self.stalls = StallTracker(self.config.stall)
 
     def set_difficulty(self, arm: str, b: float) -> None:
         """Bucket difficulty b (mean IRT difficulty of its items)."""
         self.difficulty[arm] = float(b)
+        self.stalls.note_difficulty(arm, float(b))
+
+    def note_size(self, arm: str, train_examples: int) -> bool:
+        """New data may make a stalled arm learnable: True when it woke the arm up."""
+        return self.stalls.note_size(arm, train_examples)
+
+    def _p(self, arm: str) -> float:
+        return predicted_accuracy(self.theta, self.difficulty.get(arm))
 
     def set_ability(self, theta: float | None) -> None:
         """The learner's current IRT ability, on the same scale as the difficulties."""
@@ -75,8 +100,11 @@ class LpZpd(Policy):
     def update(self, arm: str, reward: float) -> None:
         self.rewards.add(arm, self.t, reward)
 
-    def _accuracy_reward(self, arm: str, accuracy: float) -> float | None:
+    def _accuracy_reward(
+        self, arm: str, accuracy: float, heldout_loss: float | None = None
+    ) -> float | None:
         self.probe.observe(arm, accuracy)
+        self.stalls.observe(arm, accuracy, self._p(arm), self.config.mastery, heldout_loss)
         slope = self.slopes.observe(arm, self.slopes.next_step(arm), accuracy)
         return abs(slope) if self.slopes.count(arm) >= 2 else None
 
@@ -96,6 +124,17 @@ class LpZpd(Policy):
         n, mean = self.rewards.stats(arm, self.t)
         if n == 0:  # rewards aged out of the window: fall back on the current progress
             mean = abs(self.slopes.slope(arm))
+        evaluated = len(self.stalls.since.get(arm, ()))
+        budget = self.stalls.patience(self._p(arm))
+        if evaluated < budget:  # thin evidence: shrink towards the optimistic prior
+            # The prior is largest in the zone of proximal development (p near 0.5): an
+            # arm predicted far too hard or too easy is not expected to progress much.
+            prior = (
+                self.config.prior_progress
+                * 4.0
+                * learnability(self.theta, self.difficulty.get(arm))
+            )
+            mean = (budget * prior + n * mean) / (budget + n)
         return mean + ucb_bonus(self.config.c, total, n)
 
     def _choose(self, arms: list[str], rng: np.random.Generator) -> Decision:
@@ -103,23 +142,33 @@ class LpZpd(Policy):
         total = sum(self.rewards.stats(a, self.t)[0] for a in arms)
         scores = {a: self._score(a, total) for a in arms}
         mastered = [a for a in arms if self.is_mastered(a)]
-        focus = [a for a in arms if a not in mastered] or arms
+        stalled = [a for a in arms if self.stalls.is_stalled(a) and a not in mastered]
+        resting = ""
+        if mastered:
+            resting += f"; mastered, left to replay: {', '.join(mastered)}"
+        if stalled:
+            resting += f"; stalled: {', '.join(stalled)}"
+        revisit = self.stalls.revisit(stalled, rng)
+        if revisit is not None:
+            why = self.stalls.stalled[revisit]
+            visits = self.stalls.visits[revisit]
+            reason = f"revisiting stalled {revisit!r} (visit {visits}; it {why}){resting}"
+            return Decision(revisit, scores, f"lp_zpd: {reason}")
+        focus = [a for a in arms if a not in mastered and a not in stalled]
+        if not focus:
+            reason = f"rest: no arm is learnable now{resting}"
+            return Decision(None, scores, f"lp_zpd: {reason}")
         arm = argmax({a: scores[a] for a in focus}, rng)
-        return Decision(
-            arm, scores, self._reason(arm, scores[arm], mastered, len(focus) < len(arms))
-        )
+        return Decision(arm, scores, f"lp_zpd: {self._why(arm, scores[arm])}{resting}")
 
-    def _reason(self, arm: str, score: float, mastered: list[str], excluded: bool) -> str:
+    def _why(self, arm: str, score: float) -> str:
+        woken = self.stalls.woken.get(arm)
         if self.is_cold(arm):
             p = learnability(self.theta, self.difficulty.get(arm))
             why = f"{arm!r} has no progress history; predicted learnability p(1-p)={p:.3f}"
         else:
             why = f"{arm!r} has the highest UCB on learning progress ({score:.4f})"
-        if excluded:
-            why += f"; mastered, left to replay: {', '.join(mastered)}"
-        elif mastered:
-            why += "; every arm is mastered"
-        return f"lp_zpd: {why}"
+        return why if woken is None else f"{why} (woken up by {woken})"
 
     def _extra_state(self) -> dict[str, Any]:
         return {
@@ -127,6 +176,7 @@ class LpZpd(Policy):
             "rewards": self.rewards.state_dict(),
             "difficulty": dict(self.difficulty),
             "theta": self.theta,
+            "stalls": self.stalls.state_dict(),
         }
 
     def _load_extra(self, state: dict[str, Any]) -> None:
@@ -134,3 +184,5 @@ class LpZpd(Policy):
         self.rewards.load_state_dict(state["rewards"])
         self.difficulty = {a: float(b) for a, b in state["difficulty"].items()}
         self.theta = None if state["theta"] is None else float(state["theta"])
+        if "stalls" in state:  # states saved before stalls existed start without them
+            self.stalls.load_state_dict(state["stalls"])

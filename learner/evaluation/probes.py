@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 from transformers import PreTrainedTokenizerBase
 
 from learner.graders import get_grader
-from learner.modeling import GenerationParams, generate
+from learner.modeling import GenerationParams, encode_examples, generate, per_example_loss
 from learner.store.models import Bucket, Example
 
 
@@ -152,3 +152,31 @@ def answers_correct(
     grade = get_grader(grader)
     texts = greedy_answers(model, tokenizer, examples, max_new_tokens, batch_size)
     return [bool(grade(text, target)) for text, (_, target) in zip(texts, examples, strict=True)]
+
+
+@torch.no_grad()
+def probe_loss(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[tuple[str, str]],
+    max_length: int,
+    batch_size: int = 64,
+) -> float | None:
+    """Mean per-token cross-entropy of the probes' targets (teacher forcing; None: none).
+
+    A held-out signal that moves before exact-match accuracy does: a slow starter's
+    targets become likelier long before a whole answer is right, while random targets
+    (a bucket that cannot be learned) stop getting likelier once their alphabet is known.
+    One forward pass per batch, far cheaper than generating the answers.
+    """
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    for start in range(0, len(examples), batch_size):
+        batch = encode_examples(tokenizer, examples[start : start + batch_size], max_length)
+        losses += per_example_loss(model, batch.to(device)).tolist()  # (B,)
+    model.train(was_training)
+    return sum(losses) / len(losses)

@@ -221,7 +221,11 @@ class Learner:
         arms = self.curriculum.allowed(self.batches.focus_arms())
         if self.paused or not arms:
             return False
-        focus = self.rounds.focus(arms, self.batches.buckets, self.state.step, self.scorer)
+        sizes = self.store.bucket_sizes()
+        focus = self.rounds.focus(arms, self.batches.buckets, self.state.step, self.scorer, sizes)
+        if focus is None:  # the teacher rests: no learnable arm now
+            self.save_checkpoint()  # what was trained so far, and the teacher's state
+            return False
         batch = self.batches.batch(focus)
         losses, tokens = self.trainer.step([(e.prompt, e.target) for e in batch.examples],
                                            batch.weights)  # fmt: skip
@@ -234,6 +238,7 @@ class Learner:
             quarantined = self.rounds.end_round(self.state.step, self.lease.keep)
             if quarantined is not None:
                 self.store.exclude_bucket(quarantined)
+                self.save_checkpoint()  # the quarantine is in the teacher's saved state
         if self.state.step % self.config.candidate_every == 0:
             self.make_candidate()
             self.save_checkpoint()
@@ -325,6 +330,7 @@ class Learner:
             "teacher": {
                 "policy": self.curriculum.policy.name,
                 "focus": None if self.curriculum.current is None else self.curriculum.current.arm,
+                "resting": None if self.curriculum.rest is None else self.curriculum.rest.reason,
                 "learner_ability": self.curriculum.ability,
             },
         }

@@ -10,13 +10,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from learner.curriculum import Curriculum
+from learner.curriculum import Curriculum, Rest
 from learner.difficulty import DifficultyScorer
 from learner.evaluation.probes import (
     answer_probes,
     greedy_answers,
     load_probe_sets,
     load_watch_set,
+    probe_loss,
 )
 from learner.mixing import BucketInfo
 from learner.store.difficulty import BucketDifficulty, bucket_difficulties, item_parameters
@@ -52,26 +53,34 @@ class RoundKeeper:
         buckets: dict[str, BucketInfo],
         step: int,
         scorer: DifficultyScorer | None,
-    ) -> str:
-        """The focus bucket: the running round's, or a new decision of the teacher."""
-        if self.curriculum.needs_decision(arms):
-            # Bucket difficulties change only with a refit: re-read them after one (and
-            # once at start, for fits stored by an earlier run).
-            fits = scorer.fits if scorer is not None else 0
-            if fits != self._difficulty_fits:
-                with self.engine.connect() as conn:
-                    self.set_difficulties(bucket_difficulties(conn), buckets)
-                self._difficulty_fits = fits
-            if self.curriculum.harm.needs_baseline:  # so that this round is charged too
-                rate = self._watched_rate()
-                if rate is not None:
-                    self.curriculum.harm.set_baseline(rate)
-            ids = {a: buckets[a].id for a in arms}
-            arm = self.curriculum.decide(arms, ids, step).arm
-            self._focused.add(arm)
-            return arm
-        assert self.curriculum.current is not None
-        return self.curriculum.current.arm
+        sizes: dict[str, int],
+    ) -> str | None:
+        """The focus bucket: the running round's, or a new decision of the teacher; None
+        while the teacher rests (a new rest is stored as a decision without a bucket)."""
+        self.curriculum.note_sizes({a: sizes.get(a, 0) for a in arms})
+        if not self.curriculum.needs_decision(arms):
+            current = self.curriculum.current
+            return None if current is None else current.arm
+        # Bucket difficulties change only with a refit: re-read them after one (and once
+        # at start, for fits stored by an earlier run).
+        fits = scorer.fits if scorer is not None else 0
+        if fits != self._difficulty_fits:
+            with self.engine.connect() as conn:
+                self.set_difficulties(bucket_difficulties(conn), buckets)
+            self._difficulty_fits = fits
+        if self.curriculum.harm.needs_baseline:  # so that this round is charged too
+            rate = self._watched_rate()
+            if rate is not None:
+                self.curriculum.harm.set_baseline(rate)
+        ids = {a: buckets[a].id for a in arms}
+        decided = self.curriculum.decide(arms, ids, step)
+        if isinstance(decided, Rest):
+            log.info("teacher rests: %s", decided.reason)
+            with self.fenced() as conn:
+                record_decision(conn, self.curriculum.rest_record(decided))
+            return None
+        self._focused.add(decided.arm)
+        return decided.arm
 
     def set_difficulties(
         self, fitted: dict[int, BucketDifficulty], buckets: dict[str, BucketInfo]
@@ -90,18 +99,20 @@ class RoundKeeper:
         bucket_id = self.curriculum.current.bucket_id
         with self.engine.connect() as conn:
             probe_sets = load_probe_sets(conn, [bucket_id], self.curriculum.config.eval_probes)
-        accuracy, answers = None, {}
+        accuracy, answers, heldout_loss = None, {}, None
         if probe_sets:  # a bucket without probes is judged by its training loss alone
             keep_lease()  # evaluations take a while
-            results = answer_probes(
+            model, tokenizer, config = (
                 self.trainer.model,
                 self.trainer.tokenizer,
-                probe_sets[0],
-                self.trainer.config.max_new_tokens,
+                self.trainer.config,
             )
+            results = answer_probes(model, tokenizer, probe_sets[0], config.max_new_tokens)
             accuracy = sum(a.correct for a in results) / len(results)
             answers = {a.example_id: a.correct for a in results}
-        record = self.curriculum.finish_round(step, accuracy, answers)
+            heldout_loss = probe_loss(model, tokenizer, probe_sets[0].examples, config.max_length)
+        log.info("round on %s: accuracy %s, held-out loss %.4f", arm, accuracy, heldout_loss or 0.0)
+        record = self.curriculum.finish_round(step, accuracy, answers, heldout_loss)
         self._update_ability()
         with self.fenced() as conn:
             record_decision(conn, record)

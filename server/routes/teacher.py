@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -37,5 +37,14 @@ def get_teacher(
         current_round=state.get("round"),
         bucket_difficulty=state.get("bucket_difficulty", {}),
         ensemble=state.get("ensemble"),
+        quarantined=state.get("quarantined") or {},
+        stalled=_stalled(state),
+        resting=state.get("resting"),
         decisions=[TeacherDecisionOut(**vars(d)) for d in rows[:decisions]],
     )
+
+
+def _stalled(state: dict[str, Any]) -> dict[str, str]:
+    """The stalled arms of a policy that tracks them (``lp_zpd``), from its saved state."""
+    extra = (state.get("policy_state") or {}).get("extra") or {}
+    return dict((extra.get("stalls") or {}).get("stalled") or {})

@@ -1,9 +1,13 @@
 """The teacher in the running service: a bucket of random-noise targets, submitted together
-with a learnable one, gets a clearly smaller share of the focus rounds.
+with a learnable one, gets a small, bounded share of the focus rounds, and the learnable
+bucket's served accuracy does not fall once it is learned.
 
 The learnable bucket is ``sort-l1`` (the ``small`` preset learns it within a few hundred
 steps, see test_learning_loop); the noise bucket pairs prompts of another family with
-random strings, so its probe accuracy stays at zero and shows no learning progress.
+random strings, so its probe accuracy stays at zero and shows no learning progress. Once
+``sort-l1`` is mastered and ``noise`` has stalled, the teacher rests instead of training on
+noise (before the stall rule, 96% of the rounds went to the noise bucket from then on and
+the lineage forgot ``sort-l1``).
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ from learner.tasks import make_examples
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 24
+MAX_ROUNDS = 36
 ENV = {
     "LIFELONG_LEARNER__BATCH_SIZE": "16",
-    "LIFELONG_LEARNER__CANDIDATE_EVERY": "100000",  # this test is about focus, not versions
+    "LIFELONG_LEARNER__CANDIDATE_EVERY": "60",
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "50",
     "LIFELONG_LEARNER__POLL_SECONDS": "0.2",
     "LIFELONG_LEARNER__LEASE_SECONDS": "5",
     "LIFELONG_LEARNER__DEVICE": "cpu",
     "LIFELONG_TEACHER__POLICY": "lp_zpd",
-    "LIFELONG_TEACHER__ROUND_STEPS": "10",
+    "LIFELONG_TEACHER__ROUND_STEPS": "20",
+    "LIFELONG_TEACHER__REST_SECONDS": "2",
 }
 
 
@@ -58,25 +63,50 @@ def test_noise_bucket_gets_a_smaller_focus_share(
         submit(http, "noise", noise_examples(400, seed=8))
         submit(http, "sort-l1", make_examples("sort", 400, level=1, seed=7))
 
-        def enough_rounds() -> dict[str, Any] | None:
+        def resting_or_enough() -> dict[str, Any] | None:
             teacher = http.get("/v1/teacher", params={"decisions": 1000}).json()
-            return dict(teacher) if len(teacher["decisions"]) >= ROUNDS else None
+            rounds = [d for d in teacher["decisions"] if d["bucket"] is not None]
+            rests = [d for d in teacher["decisions"] if d["bucket"] is None]
+            return dict(teacher) if len(rests) >= 3 or len(rounds) >= MAX_ROUNDS else None
 
-        teacher = server.wait_for(enough_rounds, 480, f"{ROUNDS} teacher rounds")
+        teacher = server.wait_for(resting_or_enough, 600, "the teacher to rest")
         buckets = {b["name"]: b for b in http.get("/v1/buckets").json()}
+        history = http.get("/v1/adapters/history").json()
+        matrix = http.get("/v1/evaluations").json()
 
     decisions = teacher["decisions"]
-    counts = {name: sum(d["bucket"] == name for d in decisions) for name in buckets}
-    print(f"focus rounds over {len(decisions)} rounds: {counts}")
+    rounds = [d for d in decisions if d["bucket"] is not None]
+    rests = [d for d in decisions if d["bucket"] is None]
+    counts = {name: sum(d["bucket"] == name for d in rounds) for name in buckets}
+    print(f"focus rounds: {counts}, rests: {len(rests)}")
+    for name in ("sort-l1", "noise"):
+        print(name, [d["accuracy"] for d in reversed(rounds) if d["bucket"] == name])
     assert teacher["policy"] == "lp_zpd"
-    # Every decision scores both arms and says why; finished rounds carry their outcome.
-    assert all(set(d["scores"]) == {"noise", "sort-l1"} and d["reason"] for d in decisions)
-    assert all(d["accuracy"] is not None for d in decisions)
-    assert max(d["accuracy"] for d in decisions if d["bucket"] == "noise") == 0.0
-    # The noise bucket gets clearly less focus than the learnable one.
-    assert counts["noise"] * 2 < counts["sort-l1"], counts
+    # Every decision says why; rounds carry their outcome; rests name the stalled arm.
+    assert all(d["reason"] for d in decisions)
+    assert all(d["accuracy"] is not None for d in rounds)
+    assert max(d["accuracy"] for d in rounds if d["bucket"] == "noise") == 0.0
+    # The noise bucket stalled: later decisions say so, and its share is bounded (its
+    # patience budget, the lag of the held-out loss window, a few revisits).
+    # (Training on random targets also costs alignment, so the harm watch may quarantine
+    # the noise bucket first: excluded from focus and replay, which bounds it as well.)
+    quarantined = "noise" in (teacher.get("quarantined") or {})
+    stalled = any("stalled: noise" in d["reason"] for d in decisions)
+    assert stalled or quarantined, [d["reason"] for d in decisions[:5]]
+    assert quarantined or all("stalled: noise" in d["reason"] for d in rests)
+    assert counts["noise"] <= 16, counts
+    assert counts["noise"] < 0.4 * len(rounds), counts
     stats = buckets["noise"]["teacher"]
-    assert stats["focus_rounds"] >= counts["noise"] and stats["focus_share"] < 0.35, stats
+    assert stats["focus_rounds"] == counts["noise"], stats
     # The ensemble has scored the examples: both buckets have a fitted difficulty.
     assert buckets["noise"]["difficulty"] is not None
     assert buckets["sort-l1"]["difficulty_items"] > 0
+    # What the service served learned sort-l1, and never lost it beyond the probes' noise:
+    # the promoted versions' accuracy, in promotion order, stays within 0.1 of its best.
+    accuracy = {row["version"]: row["accuracy"].get("sort-l1") for row in matrix["versions"]}
+    served = [accuracy.get(e["to_version"]) for e in history if e["action"] == "promote"]
+    served = [a for a in served if a is not None]
+    base = accuracy.get(None) or 0.0
+    print(f"served sort-l1 accuracy by promotion: {served} (base {base})")
+    assert served and max(served) > base, (served, base)
+    assert all(a >= max(served[: i + 1]) - 0.1 for i, a in enumerate(served)), served

@@ -29,6 +29,8 @@ def simulate(policy_name: str, seed: int, rounds: int = 300) -> tuple[int, float
     wasted = 0
     for t in range(1, rounds + 1):
         arm = policy.choose(ARMS, rng).arm
+        if arm is None:  # a rest: no arm trained this round
+            continue
         if arm in LEARNABLE:
             skill[arm] += 0.12 * (1.0 - skill[arm])
         elif t > WARMUP:
