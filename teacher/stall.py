@@ -6,15 +6,17 @@ tiny noisy progress wins every round. On the service that took 96% of the rounds
 3,000 steps and made the lineage forget what it had learned. Here an arm that gained less
 than ``min_gain`` accuracy over its last ``patience`` evaluations, and whose held-out
 target loss (when the learner reports it) fell by less than ``min_loss_gain`` from the
-first half of those evaluations to the second, becomes *stalled*. The loss matters for slow starters: exact-match accuracy of a
-bucket the model is slowly learning can sit at zero for many rounds while its targets
-become steadily likelier; random targets stop becoming likelier once their alphabet is
-known. A stalled arm:
+first half of those evaluations to the second, becomes *stalled*. The loss is there for
+slow starters: the exact-match accuracy of a bucket the model is slowly learning can sit
+near zero for many rounds while its targets become steadily likelier. Random targets
+become likelier too at first (the model learns their alphabet and length), so the loss
+alone cannot tell noise from slow learning; it only delays a stall until that early fall
+is out of the window. The stalled arm then:
 
-- it is no longer a focus; it is revisited with a chance ``explore / (1 + visits)`` per
+- is no longer a focus; it is revisited with a chance ``explore / (1 + visits)`` per
   decision, which decays (the sum diverges, so a stalled arm is revisited forever, ever
   more rarely: a bucket that became learnable is found again);
-- it wakes up on evidence that it may be worth training again: new data (its train set
+- wakes up on evidence that it may be worth training again: new data (its train set
   grew by ``wake_growth``), a difficulty change of at least ``wake_difficulty`` logits,
   forgetting (a drop of ``forget_drop`` from its best accuracy), or a visit that shows a
   gain.
