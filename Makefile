@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-ingest bench-replay clean venv
+.PHONY: run test lint bench bench-ingest bench-replay bench-stream clean venv
 
 venv: $(STAMP)
 
@@ -37,7 +37,11 @@ bench-replay: $(STAMP)
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/replay.py --backend both
 
-bench: bench-ingest bench-replay
+# The continual-learning benchmark: every policy x 3 seeds + ablations (under an hour here).
+bench-stream: $(STAMP)
+	$(PY) bench/stream.py
+
+bench: bench-ingest bench-replay bench-stream
 
 clean:
 	rm -rf $(VENV) lifelong-data .pytest_cache .mypy_cache .ruff_cache
