@@ -27,12 +27,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import random
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -206,9 +208,13 @@ def drive(learner: Learner, engine: Any, cfg: RunConfig, seed: int) -> bool:
         if step != last_step:
             last_step, last_move = step, time.monotonic()
         idle = time.monotonic() - last_move
-        if phase == len(PHASES) and idle > cfg.idle_seconds and learner.curriculum.rest:
-            rested = True
-            stop.set()
+        if idle > cfg.idle_seconds and learner.curriculum.rest:
+            if phase < len(PHASES):  # resting before the next phase is due: bring it now
+                submit(engine, phase_examples(phase, cfg.examples, seed))
+                phase, last_move = phase + 1, time.monotonic()
+            else:
+                rested = True
+                stop.set()
     thread.join()
     return rested
 
@@ -350,7 +356,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, Any], results: list[RunRes
         f"({meta['machine']['cpu']}); builtin `{meta['config']['model']}`, budget "
         f"{meta['config']['steps']} steps, {meta['config']['examples']} examples per bucket, "
         f"rounds of {meta['config']['round_steps']} steps, a candidate every "
-        f"{meta['config']['candidate_every']} steps, gate on. Served model = active version.",
+        f"{meta['config']['candidate_every']} steps, gate on, {meta['jobs']} runs in parallel "
+        "(one torch thread each). Served model = active version.",
         "",
         f"Steps to 90% are to {summary['target_90pct']:.3f} mean accuracy (90% of the best "
         "policy's mean final accuracy); `reached` counts the seeds that got there.",
@@ -436,7 +443,7 @@ def plan(args: argparse.Namespace, cfg: RunConfig) -> list[tuple[str, int, RunCo
     if args.ablations:
         runs += [
             ("lp_zpd", 0, dataclasses.replace(cfg, alpha=0.0), "uniform replay (alpha 0)"),
-            ("lp_zpd", 0, dataclasses.replace(cfg, focus_share=0.8), "replay share 0.2 of 0.7"),
+            ("lp_zpd", 0, dataclasses.replace(cfg, focus_share=0.65), "replay share 0.05"),
             ("lp_zpd", 0, dataclasses.replace(cfg, gate=False), "gate off"),
         ]
     return runs
@@ -451,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int)
     parser.add_argument("--model", choices=["micro", "small", "tiny"])
     parser.add_argument("--no-ablations", dest="ablations", action="store_false", default=None)
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / ".cache")
     args = parser.parse_args(argv)
@@ -467,16 +475,25 @@ def main(argv: list[str] | None = None) -> int:
     preset = dataclasses.replace(BuiltinConfig.preset(cfg.model), num_threads=1)
     model_dir = ensure_builtin_model(args.cache, preset, progress=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    results: list[RunResult] = []
+    runs = plan(args, cfg)
+    results: list[RunResult | None] = [None] * len(runs)
     with tempfile.TemporaryDirectory() as tmp:
-        for policy, seed, run_cfg, variant in plan(args, cfg):
-            result = run_one(policy, seed, run_cfg, model_dir, Path(tmp), variant)
-            rested = " (rested)" if result.rested else ""
-            print(f"{policy} seed {seed} {variant}: acc {result.final_accuracy:.3f}, "
-                  f"noise {result.noise_share:.1%}, {result.steps} steps, "
-                  f"{result.wall_s:.0f} s{rested}", flush=True)  # fmt: skip
-            results.append(result)
-    return report(args, cfg, results, argv)
+        # Runs are independent (own database, own data dir, one torch thread each), so
+        # --jobs of them share the cores; wall times then include that sharing.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {
+                pool.submit(run_one, policy, seed, run_cfg, model_dir, Path(tmp), variant): i
+                for i, (policy, seed, run_cfg, variant) in enumerate(runs)
+            }
+            for future in as_completed(futures):
+                result = results[futures[future]] = future.result()
+                rested = " (rested)" if result.rested else ""
+                print(f"{result.policy} seed {result.seed} {result.variant}: acc "
+                      f"{result.final_accuracy:.3f}, noise {result.noise_share:.1%}, "
+                      f"{result.steps} steps, {result.wall_s:.0f} s{rested}",
+                      flush=True)  # fmt: skip
+    return report(args, cfg, [r for r in results if r is not None], argv)
 
 
 def report(
@@ -487,6 +504,7 @@ def report(
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
         "config": dataclasses.asdict(cfg),
+        "jobs": args.jobs,
     }
     summary = summarize(results)
     text = markdown(meta, summary, results)

@@ -76,7 +76,12 @@ class Policy:
     def choose(self, arms: list[str], rng: np.random.Generator) -> Decision:
         arms = check_arms(arms)
         self.t += 1
-        return self._choose(arms, rng)
+        decision = self._choose(arms, rng)
+        if decision.arm is None:
+            # A rest trains nothing: it must not age the reward windows (which count
+            # decisions), or a long rest would erase every arm's progress history.
+            self.t -= 1
+        return decision
 
     def _choose(self, arms: list[str], rng: np.random.Generator) -> Decision:
         raise NotImplementedError

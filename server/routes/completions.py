@@ -230,7 +230,7 @@ async def chat_completions(
     body: ChatRequest, state: State, inference: Inference, principal: Submitter
 ) -> dict[str, Any]:
     check_counts(state.settings.limits, body, 1, len(body.messages))
-    prompt = chat_prompt(inference, body.messages)
+    prompt = await run_in_threadpool(chat_prompt, inference, body.messages)  # Jinja: off the loop
     results, served, usage = await _run(
         state, inference, principal, body.model, [prompt], body.params()
     )
