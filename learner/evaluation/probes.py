@@ -8,7 +8,8 @@ version's stored answers stay comparable with every later candidate's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,18 @@ from transformers import PreTrainedTokenizerBase
 from learner.graders import get_grader
 from learner.modeling import GenerationParams, encode_examples, generate, per_example_loss
 from learner.store.models import Bucket, Example
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout) for the block, then back in its former mode,
+    also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 @dataclass(frozen=True)
@@ -125,19 +138,15 @@ def greedy_answers(
         return []
     longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in examples)
     params = GenerationParams(max_new_tokens=min(max_new_tokens, longest + 2))
-    was_training = model.training
-    model.eval()
-    texts: list[str] = []
     # Similar lengths in one batch: left padding to the longest prompt wastes less.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     by_index: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        answers = generate(model, tokenizer, [examples[i][0] for i in chunk], params)
-        by_index.update({i: text for i, (text, _) in zip(chunk, answers, strict=True)})
-    texts = [by_index[i] for i in range(len(examples))]
-    model.train(was_training)
-    return texts
+    with eval_mode(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            answers = generate(model, tokenizer, [examples[i][0] for i in chunk], params)
+            by_index.update({i: text for i, (text, _) in zip(chunk, answers, strict=True)})
+    return [by_index[i] for i in range(len(examples))]
 
 
 def answers_correct(
@@ -171,12 +180,10 @@ def probe_loss(
     """
     if not examples:
         return None
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     losses: list[float] = []
-    for start in range(0, len(examples), batch_size):
-        batch = encode_examples(tokenizer, examples[start : start + batch_size], max_length)
-        losses += per_example_loss(model, batch.to(device)).tolist()  # (B,)
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = encode_examples(tokenizer, examples[start : start + batch_size], max_length)
+            losses += per_example_loss(model, batch.to(device)).tolist()  # (B,)
     return sum(losses) / len(losses)
