@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator
+
+if TYPE_CHECKING:
+    from teacher.harm import HarmConfig
 
 
 def _positive(obj: object, *names: str) -> None:
@@ -159,18 +162,32 @@ class TeacherConfig:
     watch_probes: int = 32
     harm_window: int = 3
     harm_max_drop: float = 0.4
+    # A quarantined arm is released on probation after this many other rounds or seconds
+    # (doubled at each new quarantine of the same arm).
+    harm_probation_rounds: int = 10
+    harm_probation_seconds: float = 300.0
     # When the policy decides to rest (no learnable arm), the learner trains nothing for
     # this long, or until a new bucket or new data arrives, then asks again.
     rest_seconds: float = 30.0
 
-    def __post_init__(self) -> None:
+    def harm_config(self) -> HarmConfig:
+        """The harm watch's own config (validated there)."""
         from teacher.harm import HarmConfig
+
+        return HarmConfig(
+            self.harm_window,
+            self.harm_max_drop,
+            self.harm_probation_rounds,
+            self.harm_probation_seconds,
+        )
+
+    def __post_init__(self) -> None:
         from teacher.policies import make_policy
 
         _positive(self, "round_steps", "eval_probes", "snapshots_kept", "rest_seconds")
         if self.watch_probes < 0:
             raise ValueError("TeacherConfig.watch_probes must be >= 0")
-        HarmConfig(self.harm_window, self.harm_max_drop)
+        self.harm_config()
         try:
             make_policy(self.policy, dict(self.options))
         except (KeyError, TypeError, ValueError) as exc:
@@ -178,6 +195,7 @@ class TeacherConfig:
 
 
 IRT_MODELS = ("1pl", "2pl")
+IRT_RESPONSES = ("likelihood", "correctness")
 
 
 @dataclass(frozen=True)
@@ -199,6 +217,10 @@ class DifficultyConfig:
     # must exceed every target, or long answers are graded wrong (see LearnerConfig).
     max_new_tokens: int = 256
     irt_model: str = "1pl"
+    # What IRT is fitted to: "likelihood" (wrong answers score their per-token target
+    # probability, so buckets every member fails still rank; teacher.difficulty
+    # .likelihood_responses) or "correctness" (0/1 only).
+    responses: str = "likelihood"
     # Refit when the number of scored examples grew by this share since the last fit.
     refit_growth: float = 0.25
     # Once caught up with new examples, the last few are fitted after at most this long.
@@ -211,6 +233,8 @@ class DifficultyConfig:
         _positive(self, "batch_size", "max_new_tokens", "min_items", "request_timeout")
         if self.irt_model not in IRT_MODELS:
             raise ValueError(f"DifficultyConfig.irt_model must be one of {IRT_MODELS}")
+        if self.responses not in IRT_RESPONSES:
+            raise ValueError(f"DifficultyConfig.responses must be one of {IRT_RESPONSES}")
         if min(self.refit_growth, self.idle_seconds, self.min_refit_seconds) < 0:
             raise ValueError(
                 "DifficultyConfig: refit_growth, idle_seconds and min_refit_seconds must be >= 0"

@@ -21,7 +21,7 @@ import numpy as np
 from learner.config import TeacherConfig
 from learner.store.teacher import DecisionRecord
 from teacher.difficulty import estimate_ability
-from teacher.harm import HarmConfig, HarmWatch
+from teacher.harm import HarmWatch
 from teacher.policies import make_policy
 
 
@@ -63,13 +63,23 @@ class Curriculum:
         self.ability: float | None = None
         self.ability_se: float | None = None
         self.difficulty: dict[str, float] = {}
-        self.harm = HarmWatch(HarmConfig(config.harm_window, config.harm_max_drop))
+        self.harm = HarmWatch(config.harm_config())
 
     # --- rounds -------------------------------------------------------------------------
 
     def allowed(self, arms: list[str]) -> list[str]:
         """The arms that may be a focus: all but the quarantined ones."""
         return [a for a in arms if a not in self.harm.quarantined]
+
+    def release_quarantine(self, now: float) -> list[str]:
+        """Arms whose quarantine term is over (``now``: wall-clock seconds), released on
+        probation: a fresh harm window, and a woken arm for the policy."""
+        released = self.harm.release_due(now)
+        for arm in released:
+            self.policy.wake(arm, "released from quarantine on probation")
+        if released:
+            self.rest = None
+        return released
 
     def needs_decision(self, arms: list[str]) -> bool:
         """True when no round is running (a round whose bucket vanished is dropped) and no
@@ -217,5 +227,6 @@ class Curriculum:
             "bucket_difficulty": dict(self.difficulty),
             "policy_state": self.policy.state_dict(),
             "quarantined": dict(self.harm.quarantined),
+            "quarantine_strikes": dict(self.harm.strikes),
             "watched_refusal_rate": self.harm.last_rate,
         }

@@ -1,5 +1,6 @@
 """The difficulty ensemble: models of different capability answer every example, and an
-item-response model fitted to their answers gives each example a difficulty (PUDF's
+item-response model fitted to their answers (correctness, with the target likelihood as
+partial credit for wrong answers) gives each example a difficulty (PUDF's
 "artificial crowd"; the fit itself is the pure :mod:`teacher.difficulty`).
 
 Members:
@@ -46,7 +47,7 @@ from learner.store.difficulty import (
     pending_examples,
     replace_item_fit,
 )
-from teacher.difficulty import fit_irt
+from teacher.difficulty import fit_irt, likelihood_responses
 
 log = logging.getLogger(__name__)
 OPENAI_PREFIX = "openai:"
@@ -266,6 +267,8 @@ class DifficultyScorer:
             matrix = answer_matrix(conn, self.names)
         started = time.perf_counter()
         responses = np.where(matrix.mask, matrix.correct, np.nan)  # (M, N)
+        if self.config.responses == "likelihood":
+            responses = likelihood_responses(responses, matrix.mean_logprob)
         fit = fit_irt(responses, self.config.irt_model)
         two_pl = self.config.irt_model == "2pl"
         with write_transaction(self.engine) as conn:
@@ -281,6 +284,7 @@ class DifficultyScorer:
             "members": self.names,
             "fit": {
                 "model": fit.model,
+                "responses": self.config.responses,
                 "items": self.fitted_items,
                 "converged": fit.converged,
                 "seconds": round(time.perf_counter() - started, 3),

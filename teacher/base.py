@@ -129,6 +129,10 @@ class Policy:
         policy's view of it (a resting policy should then be asked again)."""
         return False
 
+    def wake(self, arm: str, why: str) -> None:
+        """Something outside the policy's evidence makes the arm worth trying again (for
+        example, a release from quarantine); policies that give up on arms reconsider."""
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -12,6 +12,12 @@ every member gets right (or wrong) finite. Standard errors come from the diagona
 Fisher information plus the prior precision, i.e. each parameter's error with the others held
 at their estimates. The learner's ability is then estimated on the same scale with
 `estimate_ability`.
+
+Responses may be fractional, in [0, 1] (``likelihood_responses``): the same Bernoulli
+log-likelihood then is a quasi-likelihood whose maximiser is consistent for the mean
+response (the fractional logit of Papke & Wooldridge 1996, J. Applied Econometrics 11(6);
+continuous [0, 1] responses for IRT on model ensembles as in beta^3-IRT, Chen et al. 2019,
+AISTATS). That keeps difficulty informative where every member answers wrong.
 """
 
 from __future__ import annotations
@@ -77,15 +83,16 @@ def _neg_log_posterior(
 def fit_irt(
     responses: np.ndarray, model: str = "2pl", prior_b: float = 2.0, prior_log_a: float = 0.5
 ) -> IrtFit:
-    """Fit a 1PL or 2PL model to a members x items matrix of 0/1 (NaN = not answered)."""
+    """Fit a 1PL or 2PL model to a members x items matrix of responses in [0, 1] (0/1 for
+    correctness, fractional for partial credit; NaN = not answered)."""
     if model not in ("1pl", "2pl"):
         raise ValueError("model must be '1pl' or '2pl'")
     r = np.asarray(responses, dtype=float)
     if r.ndim != 2 or r.size == 0:
         raise ValueError("responses must be a non-empty members x items matrix")
     mask = ~np.isnan(r)
-    if np.any((r[mask] != 0) & (r[mask] != 1)):
-        raise ValueError("responses must be 0, 1 or NaN")
+    if np.any((r[mask] < 0) | (r[mask] > 1)):
+        raise ValueError("responses must be in [0, 1] (or NaN)")
     y = np.where(mask, r, 0.0)
     m, n = r.shape
     two_pl = model == "2pl"
@@ -104,6 +111,27 @@ def fit_irt(
     a = np.exp(log_a)
     se_theta, se_b, se_a = _standard_errors(theta, b, a, mask, prior_b, prior_log_a, two_pl)
     return IrtFit(model, b, a, theta, se_b, se_a, se_theta, bool(res.success))
+
+
+def likelihood_responses(
+    correct: np.ndarray, mean_logprob: np.ndarray, floor: float = 1e-3
+) -> np.ndarray:
+    """Members x items responses that stay informative when every member is wrong.
+
+    ``correct`` (M, N) is 0/1 or NaN (not answered); ``mean_logprob`` (M, N) is the member's
+    mean log-probability per target token (teacher-forced), NaN where unknown (an endpoint
+    member). A correct answer scores 1; a wrong one scores its per-token probability of the
+    target, exp(mean log-prob) in (0, 1), as partial credit: of two buckets that every member
+    fails, the one whose targets the members find likelier is the easier. Cells without a
+    log-probability keep their 0/1 correctness.
+    """
+    correct = np.asarray(correct, dtype=float)
+    logprob = np.asarray(mean_logprob, dtype=float)
+    if correct.shape != logprob.shape:
+        raise ValueError("correct and mean_logprob must have the same shape")
+    partial = np.clip(np.exp(np.minimum(logprob, 0.0)), floor, 1.0)  # (M, N)
+    wrong_with_likelihood = (correct == 0) & ~np.isnan(logprob)
+    return np.where(wrong_with_likelihood, partial, correct)
 
 
 def _logit_rate(right: np.ndarray, total: np.ndarray) -> np.ndarray:

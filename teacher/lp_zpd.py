@@ -90,6 +90,9 @@ class LpZpd(Policy):
         """New data may make a stalled arm learnable: True when it woke the arm up."""
         return self.stalls.note_size(arm, train_examples)
 
+    def wake(self, arm: str, why: str) -> None:
+        self.stalls.wake(arm, why)
+
     def _p(self, arm: str) -> float:
         return predicted_accuracy(self.theta, self.difficulty.get(arm))
 

@@ -133,6 +133,14 @@ class PrioritizedIndex:
             self._place(int(key), new_ids[group], prio[group])
         return new_ids[new]
 
+    def readmit(self, ids: Ints, buckets: Ints, priorities: Floats) -> Ints:
+        """Insert again ids that left the index (``remove``); the others are ignored.
+        Returns the ids that entered at ``max_priority`` (NaN priority), as ``insert``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        left = self.locate(ids) == LEFT
+        self._id_slot[ids[left]] = UNKNOWN
+        return self.insert(ids[left], np.asarray(buckets)[left], np.asarray(priorities)[left])
+
     def remove(self, ids: Ints) -> None:
         """Take examples out of the index (deleted in SQL): zero mass, slot left empty."""
         ids = np.unique(ids)

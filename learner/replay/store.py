@@ -233,6 +233,20 @@ class ReplayStore:
             self._index.remove(ids)
             return before - len(self._index)
 
+    def include_bucket(self, name: str) -> int:
+        """Undo :meth:`exclude_bucket`: the bucket's train examples re-enter the index with
+        their stored priorities; returns how many entered."""
+        with self._lock:
+            keys = [k for k, n in self._names.items() if n == name and k in self._excluded]
+            if not keys:
+                return 0
+            self._excluded.discard(keys[0])
+            with self._read() as conn:
+                rows = storage.fetch_ids(conn, storage.bucket_train_ids(conn, keys[0]))
+            before = len(self._index)
+            self._index.readmit(rows.ids, rows.bucket_ids, rows.priorities)
+            return len(self._index) - before
+
     def update_priorities(self, ids: ArrayLike, priorities: ArrayLike) -> None:
         """Set priorities after a step: ``priority = value + eps`` (values: per-example
         losses, finite and >= 0). Also records ``last_loss = value``, counts

@@ -106,30 +106,39 @@ def count_answered(conn: Connection, members: Sequence[str]) -> int:
 
 @dataclass(frozen=True)
 class AnswerMatrix:
-    """Members x items correctness: ``correct`` (M, N) in {0, 1}, ``mask`` (M, N) answered."""
+    """Members x items correctness: ``correct`` (M, N) in {0, 1}, ``mask`` (M, N) answered,
+    ``mean_logprob`` (M, N) the target's mean token log-probability (NaN: not recorded)."""
 
     members: list[str]
     example_ids: np.ndarray  # (N,)
     correct: np.ndarray  # (M, N) float
     mask: np.ndarray  # (M, N) bool
+    mean_logprob: np.ndarray  # (M, N) float
 
 
 def answer_matrix(conn: Connection, members: Sequence[str]) -> AnswerMatrix:
     rows = conn.execute(
-        select(DifficultyScore.example_id, DifficultyScore.member, DifficultyScore.correct).where(
-            DifficultyScore.member.in_(members), DifficultyScore.correct.is_not(None)
-        )
+        select(
+            DifficultyScore.example_id,
+            DifficultyScore.member,
+            DifficultyScore.correct,
+            DifficultyScore.mean_logprob,
+        ).where(DifficultyScore.member.in_(members), DifficultyScore.correct.is_not(None))
     ).all()
     ids = np.unique(np.fromiter((r.example_id for r in rows), dtype=np.int64, count=len(rows)))
     index = {m: i for i, m in enumerate(members)}
     correct = np.zeros((len(members), len(ids)))
     mask = np.zeros((len(members), len(ids)), dtype=bool)
+    logprob = np.full((len(members), len(ids)), np.nan)
     if rows:
         cols = np.searchsorted(ids, [r.example_id for r in rows])
         member_rows = np.array([index[r.member] for r in rows])
         correct[member_rows, cols] = [r.correct for r in rows]
         mask[member_rows, cols] = True
-    return AnswerMatrix(list(members), ids, correct, mask)
+        logprob[member_rows, cols] = [
+            np.nan if r.mean_logprob is None else r.mean_logprob for r in rows
+        ]
+    return AnswerMatrix(list(members), ids, correct, mask, logprob)
 
 
 def replace_item_fit(

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +219,7 @@ class Learner:
         """One step; returns False when there was nothing to do (the caller waits)."""
         self.lease.keep()
         self.poll()
+        self._end_quarantines()
         arms = self.curriculum.allowed(self.batches.focus_arms())
         if self.paused or not arms:
             return False
@@ -245,6 +247,15 @@ class Learner:
         elif self.state.step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
         return True
+
+    def _end_quarantines(self) -> None:
+        """Quarantines whose term is over: the buckets train and replay again, on probation."""
+        released = self.curriculum.release_quarantine(time.time())
+        for arm in released:
+            self.store.include_bucket(arm)
+            log.warning("bucket %s released from quarantine on probation", arm)
+        if released:
+            self.save_checkpoint()
 
     def _count(self, examples: list[Any], losses: np.ndarray, tokens: int) -> None:
         st = self.state

@@ -4,6 +4,7 @@ re-evaluations of learned buckets fed to the teacher as absolute learning progre
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -139,7 +140,7 @@ class RoundKeeper:
         rate = self._watched_rate()
         if rate is None:
             return None
-        reason = self.curriculum.harm.observe(arm, rate)
+        reason = self.curriculum.harm.observe(arm, rate, time.time())
         if reason is None:
             return None
         log.warning("quarantined bucket %s: %s", arm, reason)

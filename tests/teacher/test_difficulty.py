@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from teacher.difficulty import estimate_ability, fit_irt
+from teacher.difficulty import estimate_ability, fit_irt, likelihood_responses
 
 
 def synthetic(seed: int, two_pl: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -65,3 +65,52 @@ def test_rejects_bad_input() -> None:
         fit_irt(np.zeros((2, 2)), model="3pl")
     with pytest.raises(ValueError):
         estimate_ability(np.zeros(3), np.zeros(2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fractional_responses_recover_difficulty(seed: int) -> None:
+    """Beta-distributed responses with mean sigmoid(theta - b): the quasi-likelihood fit
+    recovers b and theta as the 0/1 fit does."""
+    rng = np.random.default_rng(seed)
+    theta = np.linspace(-2, 2, 12)
+    b = rng.uniform(-2, 2, 150)
+    mean = 1 / (1 + np.exp(-(theta[:, None] - b)))
+    y = rng.beta(8 * mean, 8 * (1 - mean))  # (12, 150), E[y] = mean
+    fit = fit_irt(y, "1pl")
+    assert np.corrcoef(fit.b, b)[0, 1] > 0.95
+    assert np.corrcoef(fit.theta, theta)[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_likelihood_ranks_buckets_every_member_fails(seed: int) -> None:
+    """All members wrong on two buckets: correctness alone makes them equally hard; with the
+    target likelihood as partial credit the likelier bucket comes out easier."""
+    rng = np.random.default_rng(seed)
+    members, per_bucket = 4, 40
+    correct = np.zeros((members, 2 * per_bucket))
+    ability = np.linspace(-0.5, 0.5, members)[:, None]  # stronger members: likelier targets
+    logprob = np.concatenate(
+        [
+            -0.7 + ability + rng.normal(0, 0.2, (members, per_bucket)),  # easier: p ~ 0.5
+            -2.5 + ability + rng.normal(0, 0.2, (members, per_bucket)),  # harder: p ~ 0.08
+        ],
+        axis=1,
+    )
+    flat = fit_irt(correct, "1pl").b
+    assert abs(flat[:per_bucket].mean() - flat[per_bucket:].mean()) < 1e-6
+    graded = fit_irt(likelihood_responses(correct, logprob), "1pl")
+    easy, hard = graded.b[:per_bucket], graded.b[per_bucket:]
+    assert easy.mean() + 1.0 < hard.mean()
+    assert graded.theta[-1] > graded.theta[0]  # the likelier member is the abler
+
+
+def test_likelihood_responses_keep_correctness_and_gaps() -> None:
+    correct = np.array([[1.0, 0.0, 0.0, np.nan]])
+    logprob = np.array([[-3.0, np.log(0.25), np.nan, -1.0]])
+    y = likelihood_responses(correct, logprob)
+    assert y[0, 0] == 1.0  # correct stays 1 whatever its likelihood
+    assert y[0, 1] == pytest.approx(0.25)
+    assert y[0, 2] == 0.0  # no likelihood recorded (an endpoint member): 0/1
+    assert np.isnan(y[0, 3])  # not answered stays missing
+    with pytest.raises(ValueError):
+        likelihood_responses(correct, logprob[:, :2])

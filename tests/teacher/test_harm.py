@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,65 @@ def test_state_round_trip_and_release() -> None:
     assert copy.quarantined == {}
     with pytest.raises(ValueError):
         HarmConfig(window=0)
+
+
+def _simulate(watch: HarmWatch, rng: np.random.Generator, rounds: int, poison: set[str]) -> dict:
+    """A learner that picks uniformly among the arms not in quarantine; a poison arm's round
+    lowers the watched rate by 0.2-0.4, the others' raise it a little (anchors), with the
+    noise of a 32-probe sample. Each round takes 10 s. Returns the rounds per arm."""
+    arms, rate, now = ["learn", "noise", *sorted(poison)], 0.95, 0.0
+    counts = dict.fromkeys(arms, 0)
+    watch.observe("learn", rate, now)
+    for _ in range(rounds):
+        now += 10.0
+        watch.release_due(now)
+        allowed = [a for a in arms if a not in watch.quarantined]
+        arm = str(rng.choice(allowed))
+        counts[arm] += 1
+        step = -rng.uniform(0.2, 0.4) if arm in poison else rng.uniform(0.0, 0.08)
+        rate = float(np.clip(rate + step + rng.normal(0, 0.04), 0, 1))
+        watch.observe(arm, rate, now)
+    return counts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_poison_released_on_probation_is_caught_again_and_tried_ever_less(seed: int) -> None:
+    watch = HarmWatch(HarmConfig(window=3, max_drop=0.4, probation_rounds=10))
+    counts = _simulate(watch, np.random.default_rng(seed), 300, {"poison"})
+    assert watch.strikes.get("poison", 0) >= 2  # released, and quarantined again
+    assert counts["poison"] < 0.2 * sum(counts.values())
+    assert "learn" not in watch.quarantined and "noise" not in watch.quarantined
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_wrongly_quarantined_arm_comes_back_and_stays(seed: int) -> None:
+    """The failure seen on the service: with two arms, a noisy comparison quarantined the
+    learnable one. On probation its harmless rounds keep it out of quarantine."""
+    watch = HarmWatch(HarmConfig(window=3, max_drop=0.4, probation_rounds=10))
+    watch.observe("learn", 0.95, 0.0)
+    for rate in (0.95, 0.9):
+        watch.observe("noise", rate, 0.0)
+    for rate in (0.6, 0.45, 0.4):
+        watch.observe("learn", rate, 0.0)
+    assert "learn" in watch.quarantined
+    counts = _simulate(watch, np.random.default_rng(seed), 200, set())
+    assert "learn" not in watch.quarantined
+    assert counts["learn"] > 0.35 * sum(counts.values())
+
+
+def test_probation_by_time_when_nothing_else_trains_and_terms_double() -> None:
+    watch = HarmWatch(HarmConfig(window=1, max_drop=0.3, probation_seconds=100.0))
+    watch.observe("b", 1.0, 0.0)
+    watch.observe("b", 1.0, 0.0)
+    assert watch.observe("a", 0.5, 0.0) is not None
+    assert watch.release_due(99.0) == []
+    assert watch.release_due(100.0) == ["a"]
+    watch.observe("a", 0.1, 100.0)  # harmful again: the second term is twice as long
+    assert "a" in watch.quarantined and watch.strikes["a"] == 2
+    assert watch.release_due(299.0) == [] and watch.release_due(300.0) == ["a"]
+    restored = HarmWatch(watch.config)
+    watch.observe("b", 0.9, 300.0)
+    assert watch.observe("a", 0.4, 300.0) is not None
+    restored.load_state_dict(json.loads(json.dumps(watch.state_dict())))
+    assert restored.quarantined == watch.quarantined and restored.strikes == {"a": 3}
+    assert restored.release_due(300.0 + 399.0) == [] and restored.release_due(700.0) == ["a"]

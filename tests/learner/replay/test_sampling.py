@@ -167,3 +167,24 @@ def test_probes_are_never_sampled(
         store.update_priorities(probes[:1], [1.0])
     rebuilt = make_store()
     assert set(rebuilt.probabilities(1)[0].tolist()) == set(train)
+
+
+def test_excluded_bucket_leaves_draws_and_comes_back_with_its_priorities(
+    make_store: MakeStore, make_examples: MakeExamples
+) -> None:
+    """A quarantined bucket is never drawn; released, it is drawn again at the priorities
+    it had stored (not at the entry priority of new examples)."""
+    store = make_store(seed=5)
+    ids_a = store.add("a", make_examples("a", 10))
+    ids_b = store.add("b", make_examples("b", 10))
+    store.update_priorities(ids_a + ids_b, np.r_[np.full(10, 0.5), np.full(10, 2.0)])
+    store.flush()
+    assert store.exclude_bucket("b") == 10
+    drawn = np.concatenate([store.sample(16).ids for _ in range(50)])
+    assert set(drawn.tolist()) <= set(ids_a)
+    assert store.include_bucket("b") == 10
+    assert store.include_bucket("b") == 0  # not excluded any more
+    ids, prob = store.probabilities(20)
+    by_id = dict(zip(ids.tolist(), prob.tolist(), strict=True))
+    # b's stored priority (2 + eps) is 4x a's (0.5 + eps): its draw probability is larger.
+    assert min(by_id[i] for i in ids_b) > max(by_id[i] for i in ids_a)
