@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 STAMP  := $(VENV)/.installed
+CHROMIUM_STAMP := $(VENV)/.chromium
+# apt-get needs root: through sudo when make runs as another user.
+SUDO   := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 
 .PHONY: run test lint bench bench-ingest bench-replay bench-stream clean venv
 
@@ -18,10 +21,17 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
+# The dashboard test drives Debian's Chromium through Playwright (executable_path
+# /usr/bin/chromium, no browser download): installed here when it is missing.
+$(CHROMIUM_STAMP): $(STAMP)
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	touch $(CHROMIUM_STAMP)
+
 run: $(STAMP)
 	$(VENV)/bin/lifelong serve --demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
