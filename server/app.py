@@ -18,13 +18,17 @@ from server.deps import AppState, reject_unknown_query
 from server.errors import BodySizeLimit, install_error_handlers
 from server.inference import InferenceEngine
 from server.inference_queue import InferenceQueue
+from server.metrics import install_metrics
+from server.metrics_middleware import MetricsMiddleware
 from server.routes import (
     adapters,
     buckets,
     completions,
+    dashboard,
     evaluations,
     health,
     learner,
+    metrics,
     tasks,
     teacher,
 )
@@ -115,10 +119,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=limits.max_other_body_bytes, bulk_bytes=limits.max_body_bytes
     )
-    # Added last, so outermost: strangers are turned away before any body is read.
+    # Added after the size limit, so outside it: strangers are turned away before any body
+    # is read.
     limiter = FailureLimiter(settings.auth_failure_limit, settings.auth_failure_window_seconds)
     app.add_middleware(AuthMiddleware, limiter=limiter)
-    routers = (health, tasks, buckets, teacher, evaluations, adapters, learner, completions)
+    # Added last, so outermost: it counts every status, the 401 / 429 / 413 above included.
+    app.add_middleware(MetricsMiddleware, metrics=install_metrics(app))
+    routers = (
+        health,
+        metrics,
+        dashboard,
+        tasks,
+        buckets,
+        teacher,
+        evaluations,
+        adapters,
+        learner,
+        completions,
+    )
     for module in routers:
         app.include_router(module.router)
     return app

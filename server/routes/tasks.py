@@ -7,6 +7,7 @@ from fastapi import APIRouter, status
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
 from server.deps import State, Submitter
+from server.metrics import Metrics
 from server.schemas import API_ERRORS, ErrorOut, TaskAccepted, TaskSubmission
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=API_ERRORS)
@@ -17,7 +18,9 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=API_ERRORS)
     status_code=status.HTTP_202_ACCEPTED,
     responses={409: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut}},
 )
-def submit_tasks(body: TaskSubmission, state: State, principal: Submitter) -> TaskAccepted:
+def submit_tasks(
+    body: TaskSubmission, state: State, principal: Submitter, metrics: Metrics
+) -> TaskAccepted:
     """Store a batch of examples in a bucket (created on first use), all or nothing.
 
     Resubmitting an example already in the bucket is a no-op counted in ``duplicates``.
@@ -33,6 +36,8 @@ def submit_tasks(body: TaskSubmission, state: State, principal: Submitter) -> Ta
             client=principal.name,
             limits=state.ingest_limits,
         )
+    # Only this server sees duplicates (the store keeps none), so it counts them itself.
+    metrics.count_duplicates(result.bucket, result.duplicates)
     return TaskAccepted(
         bucket=result.bucket, accepted=result.accepted, duplicates=result.duplicates
     )
