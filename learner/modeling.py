@@ -120,26 +120,16 @@ def generate(
     first stop string.
     """
     device = next(model.parameters()).device
-    encoded = [prompt_ids(tokenizer, p) for p in prompts]
-    width = max(len(e) for e in encoded)
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        ids[i, width - len(e) :] = torch.tensor(e)
-        mask[i, width - len(e) :] = 1
-    # Always greedy for Hugging Face: when sampling, the last logits processor has already
-    # drawn the token, so the argmax only picks it up (see _DrawToken).
-    sampling = params.temperature >= MIN_SAMPLING_TEMPERATURE
-    processors = _sampling_processors(model, params, device) if sampling else []
+    ids, mask = left_padded(tokenizer, prompts)
+    width = ids.shape[1]
     out = model.generate(  # type: ignore[operator]
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         max_new_tokens=params.max_new_tokens,
-        pad_token_id=pad,
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         do_sample=False,
-        logits_processor=LogitsProcessorList(processors),
+        logits_processor=decoding_processors(model, params, device),
     )
     results = []
     for row in out[:, width:].tolist():
@@ -153,6 +143,33 @@ def generate(
                 text, finish = text[: text.index(stop)], "stop"
         results.append((text, finish))
     return results
+
+
+def left_padded(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, both (B, T), left-padded so that a batch decodes
+    together (every row's next token is at the last position)."""
+    encoded = [prompt_ids(tokenizer, p) for p in prompts]
+    width = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, e in enumerate(encoded):
+        ids[i, width - len(e) :] = torch.tensor(e)
+        mask[i, width - len(e) :] = 1
+    return ids, mask
+
+
+def decoding_processors(
+    model: torch.nn.Module, params: GenerationParams, device: torch.device
+) -> LogitsProcessorList:
+    """The logits processors for ``params``, to pass to a greedy ``model.generate``.
+
+    Always greedy for Hugging Face: when sampling, the last processor has already drawn the
+    token, so the argmax only picks it up (see _DrawToken).
+    """
+    sampling = params.temperature >= MIN_SAMPLING_TEMPERATURE
+    return LogitsProcessorList(_sampling_processors(model, params, device) if sampling else [])
 
 
 class _DrawToken(LogitsProcessor):

@@ -67,7 +67,9 @@ class AuthMiddleware:
             if missing
             else "invalid or revoked API key"
         )
-        response = error_response(401, message, headers={"WWW-Authenticate": "Bearer"})
+        response = error_response(
+            401, message, headers={"WWW-Authenticate": "Bearer"}, code="invalid_api_key"
+        )
         await response(scope, receive, send)
 
 
@@ -86,5 +88,6 @@ async def _throttled(scope: Scope, receive: Receive, send: Send, wait: float) ->
         429,
         f"too many failed authentications from this address; retry in {seconds} s",
         headers={"Retry-After": str(seconds)},
+        code="rate_limit_exceeded",
     )
     await response(scope, receive, send)

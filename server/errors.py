@@ -1,7 +1,12 @@
-"""Uniform JSON errors: ``{"error": {"message": ..., "details": [...]}}``.
+"""Uniform JSON errors, in the shape OpenAI's API uses (so that its clients parse them):
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ..., "details": [...]}}``.
 
-Validation problems become one readable message that names the offending field, so that a
-client sees what to fix without reading pydantic's structures.
+``type`` follows from the status (``invalid_request_error``, ``authentication_error``,
+``rate_limit_error``, ...); ``param`` names the offending field where one is to blame and
+``code`` is a stable machine-readable reason where there is one (both may be null);
+``details`` (validation errors only) lists every problem. Validation problems become one
+readable message that names the offending field, so that a client sees what to fix
+without reading pydantic's structures.
 """
 
 from __future__ import annotations
@@ -22,16 +27,71 @@ from learner.store.ingest import IngestError
 log = logging.getLogger(__name__)
 
 
+#: OpenAI's error ``type`` for each status (any other 4xx: invalid_request_error).
+ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return ERROR_TYPES.get(status, "invalid_request_error")
+
+
+class ApiError(StarletteHTTPException):
+    """An HTTP error with OpenAI's ``param`` (the field to blame) and ``code`` (a stable
+    reason such as ``model_not_found``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status, message, headers)
+        self.param = param
+        self.code = code
+
+
+def error_body(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    details: list[Any] | None = None,
+) -> dict[str, Any]:
+    """The ``{"error": {...}}`` object (also sent as a server-sent event mid-stream)."""
+    body: dict[str, Any] = {
+        "message": message,
+        "type": error_type(status),
+        "param": param,
+        "code": code,
+    }
+    if details is not None:
+        body["details"] = details
+    return {"error": body}
+
+
 def error_response(
     status: int,
     message: str,
     details: list[Any] | None = None,
     headers: dict[str, str] | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    body = error_body(status, message, param=param, code=code, details=details)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -68,13 +128,15 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     if _not_json(request, raw):
         message = "request body must be JSON, sent with 'Content-Type: application/json'"
         return error_response(415, message, errors[:20])
-    return error_response(422, describe_validation_errors(raw), errors[:20])
+    param = _location(tuple(raw[0].get("loc", ()))) if raw else None
+    return error_response(422, describe_validation_errors(raw), errors[:20], param=param)
 
 
 async def _http_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers) if exc.headers else None
-    return error_response(exc.status_code, str(exc.detail), headers=headers)
+    param, code = getattr(exc, "param", None), getattr(exc, "code", None)
+    return error_response(exc.status_code, str(exc.detail), headers=headers, param=param, code=code)
 
 
 async def _ingest_handler(_: Request, exc: Exception) -> JSONResponse:

@@ -32,6 +32,8 @@ from learner.config import GenerationParams
 if TYPE_CHECKING:
     from peft import PeftModel
 
+    from server.generation import Generated, OnDelta
+
 # torch, transformers and peft are imported when the model loads, not with the app: an
 # API-only server (ingestion, registry) starts in a fraction of the time.
 
@@ -257,15 +259,26 @@ class InferenceEngine:
         return self.active
 
     def complete(
-        self, model_name: str, prompts: list[str], params: GenerationParams, admin: bool = False
-    ) -> tuple[list[tuple[str, str]], str]:
+        self,
+        model_name: str,
+        prompts: list[str],
+        params: GenerationParams,
+        admin: bool = False,
+        *,
+        top_logprobs: int | None = None,
+        on_start: Callable[[str], None] | None = None,
+        on_delta: OnDelta | None = None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[list[Generated], str]:
         """Complete ``prompts`` with the named model; returns results and the resolved name.
 
         ``admin``: whether the caller holds an admin key (only admins may query a version
-        the gate rejected). Raises :class:`UnknownModel`, ``VersionUnavailable`` or
-        :class:`ModelNotReady`.
+        the gate rejected). ``top_logprobs``, ``on_delta`` and ``cancel`` are passed on to
+        :func:`server.generation.generate_choices`; ``on_start`` is called with the served
+        name once the model is chosen, before decoding starts. Raises
+        :class:`UnknownModel`, ``VersionUnavailable`` or :class:`ModelNotReady`.
         """
-        from learner.modeling import generate
+        from server.generation import generate_choices
 
         kind, version = parse_model_name(model_name)
         path = self.check_model(model_name, admin)
@@ -275,17 +288,32 @@ class InferenceEngine:
             raise ModelNotReady(reason)
         if kind == "lifelong":
             version = self._lifelong_version()
+
+        def run(model: Any, served: str) -> tuple[list[Generated], str]:
+            if on_start is not None:
+                on_start(served)
+            results = generate_choices(
+                model,
+                self.tokenizer,
+                prompts,
+                params,
+                top_logprobs=top_logprobs,
+                on_delta=on_delta,
+                cancel=cancel,
+            )
+            return results, served
+
         with self._lock:
             assert self._model is not None and self.tokenizer is not None
             if version is None:
                 if self._peft is None:
-                    return generate(self._model, self.tokenizer, prompts, params), "base"
+                    return run(self._model, "base")
                 with self._peft.disable_adapter():
-                    return generate(self._peft, self.tokenizer, prompts, params), "base"
+                    return run(self._peft, "base")
             name = self._ensure_loaded(version, path)
             assert self._peft is not None
             self._peft.set_adapter(name)
-            return generate(self._peft, self.tokenizer, prompts, params), f"lifelong@{version}"
+            return run(self._peft, f"lifelong@{version}")
 
     def check_model(self, model_name: str, admin: bool = False) -> Path | None:
         """The verified files of a named version (None for ``lifelong`` and ``base``).
@@ -295,10 +323,6 @@ class InferenceEngine:
         _, version = parse_model_name(model_name)
         return self._verified_path(version, admin) if version is not None else None
 
-    def count_tokens(self, text: str) -> int:
-        assert self.tokenizer is not None
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     @property
     def context_tokens(self) -> int | None:
         """The base model's context length in tokens (None: it does not say)."""
@@ -306,9 +330,12 @@ class InferenceEngine:
         value = getattr(config, "max_position_embeddings", None)
         return int(value) if value else None
 
-    def check_size(self, prompts: list[str], max_tokens: int, budget: int) -> list[int]:
+    def check_size(
+        self, prompts: list[str], max_tokens: int, budget: int, choices: int = 1
+    ) -> list[int]:
         """Prompt token counts, after checking the request fits the context and ``budget``.
 
+        ``choices``: completions per prompt (``n``); each is a row of the padded batch.
         Raises :class:`ModelNotReady` before the tokenizer exists and
         :class:`RequestTooLarge` naming the numbers that do not fit.
         """
@@ -326,10 +353,11 @@ class InferenceEngine:
                 f"{longest + max_tokens} exceeds the model's context of {context} tokens"
             )
         # Prompts are padded to the longest and decoded together: that is the batch's cost.
-        cost = len(prompts) * (longest + max_tokens)
+        cost = len(prompts) * choices * (longest + max_tokens)
         if cost > budget:
+            rows = f"{len(prompts)} prompt(s)" + (f" x n {choices}" if choices > 1 else "")
             raise RequestTooLarge(
-                f"{len(prompts)} prompt(s) x ({longest} tokens of the longest prompt + "
+                f"{rows} x ({longest} tokens of the longest prompt + "
                 f"max_tokens {max_tokens}) = {cost} tokens exceeds the per-request budget "
                 f"of {budget} tokens"
             )

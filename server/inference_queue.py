@@ -104,7 +104,16 @@ class InferenceQueue:
         outputs: list[O] = await self._submit(run=run, key=key, items=list(items), width=width)
         return outputs
 
+    def start(self, job: Callable[[], T]) -> asyncio.Future[T]:
+        """Queue ``job`` to run alone and return its future at once (:class:`QueueFull` if
+        no slot is free), for a caller that does other work while the job runs (streaming
+        its output). Cancelling the future drops the job if it has not started."""
+        return self._enqueue(run=job)
+
     async def _submit(self, **job: Any) -> Any:
+        return await self._enqueue(**job)
+
+    def _enqueue(self, **job: Any) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         entry = _Job(future=loop.create_future(), loop=loop, **job)
         with self._cond:
@@ -116,7 +125,7 @@ class InferenceQueue:
             self._waiting.append(entry)
             self._cond.notify()
         entry.future.add_done_callback(lambda f: self._drop(entry) if f.cancelled() else None)
-        return await entry.future
+        return entry.future
 
     def _drop(self, job: _Job) -> None:
         """The client gave up: a job that has not started leaves the queue and its slot."""

@@ -217,7 +217,15 @@ class RegistryEventOut(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """The error object, in the shape OpenAI's clients parse."""
+
     message: str
+    type: str = Field(
+        description="invalid_request_error, authentication_error, permission_error, "
+        "not_found_error, conflict_error, rate_limit_error or server_error."
+    )
+    param: str | None = Field(default=None, description="The field to blame, if one is.")
+    code: str | None = Field(default=None, description="A stable reason, e.g. model_not_found.")
     details: list[dict[str, object]] | None = None
 
 

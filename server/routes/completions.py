@@ -5,74 +5,55 @@ base model. A version whose files are missing or fail their sha256 check is neve
 (409); a version the gate rejected answers only to admin keys. Without a chat template, a
 chat is turned into a prompt by joining the message contents with newlines (for the builtin
 model: the user's task text, answered directly).
+
+Every request is checked (counts, then model and token budget, ``n`` choices counted) before
+it takes a slot of the bounded inference queue. Whole answers may be merged with other
+requests of the same model and decoding settings; streamed ones (``stream: true``,
+:mod:`server.openai_stream`) and seeded sampling run alone.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Annotated, Any, Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field
+from sqlalchemy import Connection
 
 from learner import registry
 from learner.config import GenerationParams
 from learner.store.keys import Principal
 from server.deps import AppState, ReadConn, Reader, State, Submitter
-from server.inference import InferenceEngine, ModelNotReady, RequestTooLarge, UnknownModel
-from server.inference_queue import QueueFull
-from server.schemas import API_ERRORS, ErrorOut, StrictModel, Utf8Str
+from server.errors import ApiError
+from server.inference import InferenceEngine
+from server.openai_format import chat_out, completion_out, now, serving_error
+from server.openai_schemas import (
+    ChatCompletionOut,
+    ChatMessage,
+    ChatRequest,
+    CompletionOut,
+    CompletionRequest,
+    ModelList,
+    ModelOut,
+    SamplingFields,
+)
+from server.openai_stream import (
+    MEDIA_TYPE,
+    EventStream,
+    StreamFormat,
+    StreamHooks,
+    start_stream,
+)
+from server.schemas import API_ERRORS, ErrorOut
 from server.settings import LimitSettings
 
+if TYPE_CHECKING:
+    from server.generation import Generated
+
 router = APIRouter(prefix="/v1", tags=["completions"], responses=API_ERRORS)
-# Schema-level bounds (the configurable, usually smaller ones are in LimitSettings).
-SCHEMA_MAX_ITEMS = 1024
-SCHEMA_MAX_STOP_CHARS = 1024
-
-
-class SamplingFields(StrictModel):
-    model: str = Field(default="lifelong", max_length=64)
-    max_tokens: int = Field(default=16, ge=1, le=4096)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    stop: (
-        Annotated[Utf8Str, Field(max_length=SCHEMA_MAX_STOP_CHARS)]
-        | list[Annotated[Utf8Str, Field(max_length=SCHEMA_MAX_STOP_CHARS)]]
-        | None
-    ) = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: Literal[1] = 1
-    user: str | None = Field(default=None, max_length=256)
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-
-    def params(self) -> GenerationParams:
-        return GenerationParams(
-            max_new_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            stop=tuple(self.stops()),
-            seed=self.seed,
-        )
-
-
-class CompletionRequest(SamplingFields):
-    prompt: Utf8Str | list[Utf8Str] = Field(min_length=1)
-
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
-
-
-class ChatMessage(StrictModel):
-    role: Literal["system", "user", "assistant"]
-    content: Utf8Str
-
-
-class ChatRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=SCHEMA_MAX_ITEMS)
 
 
 def get_inference(state: State) -> InferenceEngine:
@@ -101,114 +82,153 @@ def check_counts(limits: LimitSettings, body: SamplingFields, prompts: int, mess
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "; ".join(problems))
 
 
-async def _run(
-    state: AppState,
-    inference: InferenceEngine,
-    principal: Principal,
-    model: str,
-    prompts: list[str],
-    params: GenerationParams,
-) -> tuple[list[tuple[str, str]], str, dict[str, int]]:
-    """Size check and usage count on the shared pool (tokenizing is quick), generation on
-    the inference queue."""
-    limits = state.settings.limits
-    admin = principal.allows("admin")
+@dataclass(frozen=True)
+class Job:
+    """One request's generation: ``choices`` (n) completions of each prompt."""
+
+    model: str
+    admin: bool
+    prompts: list[str]
+    choices: int
+    params: GenerationParams
+    top_logprobs: int | None
+
+    @classmethod
+    def of(cls, body: SamplingFields, prompts: list[str], principal: Principal) -> Job:
+        return cls(
+            body.model,
+            principal.allows("admin"),
+            prompts,
+            body.n,
+            body.params(),
+            body.top_logprobs_wanted(),
+        )
+
+    @property
+    def rows(self) -> list[str]:
+        """One row of the batch per choice, grouped by prompt (OpenAI's choice order)."""
+        return [p for p in self.prompts for _ in range(self.choices)]
+
+
+@contextmanager
+def _as_http_errors() -> Iterator[None]:
+    """Serving failures (full queue, unknown model, too large, ...) as their HTTP errors."""
     try:
-        state.inference_queue.refuse_if_full()
+        yield
+    except Exception as exc:
+        error = serving_error(exc)
+        if error is None:
+            raise
+        raise error from exc
 
-        def check() -> list[int]:
-            inference.check_model(model, admin)
-            return inference.check_size(prompts, params.max_new_tokens, limits.max_request_tokens)
 
-        lengths = await run_in_threadpool(check)
-        outputs = await _generate(state, inference, model, admin, prompts, lengths, params)
-        served = outputs[0][1]
-        results = [result for result, _ in outputs]
-        usage = await run_in_threadpool(_usage, inference, lengths, [t for t, _ in results])
-        return results, served, usage
-    except RequestTooLarge as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    except QueueFull as exc:
-        headers = {"Retry-After": str(exc.retry_after)}
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers) from exc
-    except UnknownModel as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except registry.VersionUnavailable as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except ModelNotReady as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "5"}
-        ) from exc
+async def _prepare(state: AppState, inference: InferenceEngine, job: Job) -> list[int]:
+    """Size check on the shared pool (tokenizing is quick); the prompts' token counts.
+
+    A full queue is refused first, so that an overflowing request costs no tokenizing.
+    """
+    state.inference_queue.refuse_if_full()
+    budget = state.settings.limits.max_request_tokens
+
+    def check() -> list[int]:
+        inference.check_model(job.model, job.admin)
+        return inference.check_size(job.prompts, job.params.max_new_tokens, budget, job.choices)
+
+    return await run_in_threadpool(check)
+
+
+async def _answer(
+    state: AppState, inference: InferenceEngine, job: Job
+) -> tuple[list[Generated], str, list[int]]:
+    """A whole answer: the choices, the served model name and the prompts' token counts."""
+    with _as_http_errors():
+        lengths = await _prepare(state, inference, job)
+        outputs = await _generate(state, inference, job, max(lengths))
+    return [result for result, _ in outputs], outputs[0][1], lengths
 
 
 async def _generate(
-    state: AppState,
-    inference: InferenceEngine,
-    model: str,
-    admin: bool,
-    prompts: list[str],
-    lengths: list[int],
-    params: GenerationParams,
-) -> list[tuple[tuple[str, str], str]]:
-    """(text, finish) and the served model name per prompt, from the inference queue.
+    state: AppState, inference: InferenceEngine, job: Job, longest: int
+) -> list[tuple[Generated, str]]:
+    """The result and the served model name per row, from the inference queue.
 
     Requests for the same model with the same decoding settings may be merged into one
     generate call; seeded sampling runs alone, so that its draws do not depend on what
     other clients asked at the same time.
     """
 
-    def run(batch: list[str]) -> list[tuple[tuple[str, str], str]]:
-        results, served = inference.complete(model, batch, params, admin=admin)
+    def run(batch: list[str]) -> list[tuple[Generated, str]]:
+        results, served = inference.complete(
+            job.model, batch, job.params, admin=job.admin, top_logprobs=job.top_logprobs
+        )
         return [(result, served) for result in results]
 
     queue = state.inference_queue
+    params = job.params
     if params.seed is not None and params.temperature > 0:
-        return await queue.run(lambda: run(prompts))
-    width = max(lengths) + params.max_new_tokens
-    return await queue.run_merged((model, admin, params), prompts, width, run)
+        return await queue.run(lambda: run(job.rows))
+    key = (job.model, job.admin, params, job.top_logprobs)
+    return await queue.run_merged(key, job.rows, longest + params.max_new_tokens, run)
 
 
-def _usage(
-    inference: InferenceEngine, prompt_counts: list[int], texts: list[str]
-) -> dict[str, int]:
-    prompt_tokens = sum(prompt_counts)
-    completion_tokens = sum(inference.count_tokens(t) for t in texts)
+async def _stream(
+    state: AppState, inference: InferenceEngine, job: Job, chat: bool, include_usage: bool
+) -> EventStream:
+    """A streamed answer, started once the generation has (errors before are HTTP errors)."""
+
+    def generate(hooks: StreamHooks) -> tuple[list[Generated], str]:
+        return inference.complete(
+            job.model,
+            job.rows,
+            job.params,
+            admin=job.admin,
+            top_logprobs=job.top_logprobs,
+            on_start=hooks.on_start,
+            on_delta=hooks.on_delta,
+            cancel=hooks.cancel,
+        )
+
+    with _as_http_errors():
+        lengths = await _prepare(state, inference, job)
+        stream = await start_stream(state.inference_queue, generate)
+    fmt = StreamFormat(chat, len(job.rows), lengths, include_usage)
+    return EventStream(stream, fmt)
+
+
+def _answers(model: type[Any]) -> dict[int | str, dict[str, Any]]:
+    """The documented answers: ``model`` as JSON or, with ``stream``, server-sent events."""
+    # Before OpenAPI 3.2, an event stream's schema describes each event.
+    event = {
+        "type": "object",
+        "properties": {
+            "data": {"type": "string", "description": "A chunk as JSON, or [DONE] at the end."}
+        },
+        "required": ["data"],
+    }
+    events = {"schema": event}
+    error = {"model": ErrorOut}
     return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        200: {"model": model, "content": {MEDIA_TYPE: events}},
+        404: error,
+        409: error,
+        422: error,
+        429: error,
+        503: error,
     }
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-    422: {"model": ErrorOut},
-    429: {"model": ErrorOut},
-    503: {"model": ErrorOut},
-}
-
-
-@router.post("/completions", responses=_ERRORS)
+@router.post("/completions", response_model=None, responses=_answers(CompletionOut))
 async def completions(
     body: CompletionRequest, state: State, inference: Inference, principal: Submitter
-) -> dict[str, Any]:
+) -> CompletionOut | EventStream:
+    """Complete each prompt ``n`` times (choices ordered by prompt, then by n)."""
     prompts = body.prompts()
     check_counts(state.settings.limits, body, len(prompts), 0)
-    results, served, usage = await _run(
-        state, inference, principal, body.model, prompts, body.params()
-    )
-    return {
-        "id": f"cmpl-{uuid.uuid4().hex}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": served,
-        "choices": [
-            {"index": i, "text": text, "finish_reason": finish, "logprobs": None}
-            for i, (text, finish) in enumerate(results)
-        ],
-        "usage": usage,
-    }
+    job = Job.of(body, prompts, principal)
+    if body.stream:
+        return await _stream(state, inference, job, chat=False, include_usage=body.include_usage())
+    results, served, lengths = await _answer(state, inference, job)
+    return completion_out(served, results, lengths)
 
 
 def chat_prompt(inference: InferenceEngine, messages: list[ChatMessage]) -> str:
@@ -221,52 +241,57 @@ def chat_prompt(inference: InferenceEngine, messages: list[ChatMessage]) -> str:
             )
         except Exception as exc:  # jinja2 TemplateError and friends: the messages' fault
             message = f"messages do not fit the model's chat template: {exc}"
-            raise HTTPException(422, message) from exc
+            raise ApiError(422, message, param="messages") from exc
     return "\n".join(m.content for m in messages)
 
 
-@router.post("/chat/completions", responses=_ERRORS)
+@router.post("/chat/completions", response_model=None, responses=_answers(ChatCompletionOut))
 async def chat_completions(
     body: ChatRequest, state: State, inference: Inference, principal: Submitter
-) -> dict[str, Any]:
+) -> ChatCompletionOut | EventStream:
+    """Answer the conversation ``n`` times."""
     check_counts(state.settings.limits, body, 1, len(body.messages))
     prompt = await run_in_threadpool(chat_prompt, inference, body.messages)  # Jinja: off the loop
-    results, served, usage = await _run(
-        state, inference, principal, body.model, [prompt], body.params()
-    )
-    text, finish = results[0]
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": served,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
-        ],
-        "usage": usage,
-    }
+    job = Job.of(body, [prompt], principal)
+    if body.stream:
+        return await _stream(state, inference, job, chat=True, include_usage=body.include_usage())
+    results, served, lengths = await _answer(state, inference, job)
+    return chat_out(served, results, lengths)
+
+
+def _models(conn: Connection) -> list[ModelOut]:
+    """The servable models: the active version, every candidate or promoted version, the
+    base (rejected, pending and retired versions are not listed)."""
+    created = now()
+    entries = [ModelOut(id="lifelong", object="model", created=created, owned_by="lifelong")]
+    for v in registry.list_versions(conn):
+        if v.status in registry.SERVABLE:
+            entries.append(
+                ModelOut(
+                    id=f"lifelong@{v.version}",
+                    object="model",
+                    created=int(v.created_at.timestamp()),
+                    owned_by="lifelong",
+                )
+            )
+    entries.append(ModelOut(id="base", object="model", created=created, owned_by="lifelong"))
+    return entries
 
 
 @router.get("/models")
-def models(conn: ReadConn, _: Reader) -> dict[str, Any]:
-    """The servable models: the active version, every candidate or promoted version, the
-    base (rejected, pending and retired versions are not listed)."""
-    now = int(time.time())
-    entries = [{"id": "lifelong", "object": "model", "created": now, "owned_by": "lifelong"}]
-    for v in registry.list_versions(conn):
-        if v.status in registry.SERVABLE:
-            created = int(v.created_at.timestamp())
-            entries.append(
-                {
-                    "id": f"lifelong@{v.version}",
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "lifelong",
-                }
-            )
-    entries.append({"id": "base", "object": "model", "created": now, "owned_by": "lifelong"})
-    return {"object": "list", "data": entries}
+def models(conn: ReadConn, _: Reader) -> ModelList:
+    return ModelList(object="list", data=_models(conn))
+
+
+@router.get("/models/{model}", responses={404: {"model": ErrorOut}})
+def retrieve_model(model: str, conn: ReadConn, _: Reader) -> ModelOut:
+    """One servable model, by the name ``/v1/models`` lists it under."""
+    for entry in _models(conn):
+        if entry.id == model:
+            return entry
+    raise ApiError(
+        status.HTTP_404_NOT_FOUND,
+        f"model {model!r} is not served: GET /v1/models lists those that are",
+        param="model",
+        code="model_not_found",
+    )

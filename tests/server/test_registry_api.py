@@ -75,7 +75,7 @@ def test_completion_errors_are_4xx(client: TestClient, api: Any) -> None:
     assert unknown.status_code == 404 and "gpt-9" in api.error(unknown)
     empty = client.post("/v1/completions", json={"prompt": []}, headers=api.auth())
     assert empty.status_code == 422
-    bad_n = client.post("/v1/completions", json={"prompt": "x", "n": 2}, headers=api.auth())
+    bad_n = client.post("/v1/completions", json={"prompt": "x", "n": 0}, headers=api.auth())
     assert bad_n.status_code == 422
     read_only = client.post("/v1/completions", json={"prompt": "x"}, headers=api.auth("read"))
     assert read_only.status_code == 403

@@ -65,7 +65,12 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
         "exceeds the per-request budget of 300 tokens",
     ),
     "max_tokens beyond the schema": ({"prompt": "a", "max_tokens": 5000}, "max_tokens"),
-    "n other than 1": ({"prompt": "a", "n": 2}, "n"),
+    "n below 1": ({"prompt": "a", "n": 0}, "n"),
+    "n over the token budget": (
+        {"prompt": "p" * 100, "n": 3, "max_tokens": 10},
+        "1 prompt(s) x n 3 x (101 tokens of the longest prompt + max_tokens 10) = 333 tokens "
+        "exceeds the per-request budget of 300 tokens",
+    ),
 }
 
 
