@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(len(args.families), mp_context=context) as pool:
-            futures = [
-                pool.submit(run_family, f, cfg, model_dir, Path(tmp)) for f in args.families
-            ]
+            futures = [pool.submit(run_family, f, cfg, model_dir, Path(tmp)) for f in args.families]
             results = [f.result() for f in futures]
     meta = {
         "command": "python bench/skill.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from sqlalchemy import Connection, func, insert, select, update
 
 from learner.store.models import AdapterVersion, RegistryEvent
 
+log = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTERS_DIR = "adapters"
 #: Statuses whose files may be served or used as a reference.
@@ -87,10 +89,23 @@ def complete_version(
     conn: Connection, version: int, sha256: str, provenance: dict[str, Any]
 ) -> None:
     """The files of a reserved version are in place: record their hash; now a candidate."""
-    conn.execute(
+    done = conn.execute(
         update(AdapterVersion)
         .where(AdapterVersion.version == version, AdapterVersion.status == "pending")
         .values(sha256=sha256, provenance=provenance, status="candidate")
+    )
+    if done.rowcount:
+        _log_candidate(version, provenance)
+
+
+def _log_candidate(version: int, provenance: dict[str, Any]) -> None:
+    parent = provenance.get("parent_version")
+    log.info(
+        "registry: candidate v%d registered (parent %s, step %s)",
+        version,
+        "base" if parent is None else f"v{parent}",
+        provenance.get("train_step", "?"),
+        extra={"event": "candidate", "version": version, "parent_version": parent},
     )
 
 
@@ -115,6 +130,7 @@ def record_version(
             metrics=metrics,
         )
     )
+    _log_candidate(version, provenance)
 
 
 def get_version(conn: Connection, version: int) -> AdapterVersion | None:
@@ -159,16 +175,39 @@ def last_event_id(conn: Connection) -> int:
 def log_event(
     conn: Connection, action: str, actor: str, to_version: int | None, reason: str
 ) -> None:
-    """Append an event; the caller's transaction makes it atomic with what it records."""
+    """Append an event; the caller's transaction makes it atomic with what it records.
+
+    Every event, from the API or the learner, is logged here once with its reason (the
+    callers commit right after; a commit that fails is reported by them)."""
+    from_version = active_version(conn)
     conn.execute(
         insert(RegistryEvent).values(
             action=action,
             actor=actor,
-            from_version=active_version(conn),
+            from_version=from_version,
             to_version=to_version,
             reason=reason,
         )
     )
+    log.info(
+        "registry: %s %s -> %s by %s: %s",
+        action,
+        _name(from_version),
+        _name(to_version),
+        actor,
+        reason,
+        extra={
+            "event": action,
+            "actor": actor,
+            "from_version": from_version,
+            "to_version": to_version,
+            "reason": reason,
+        },
+    )
+
+
+def _name(version: int | None) -> str:
+    return "base" if version is None else f"v{version}"
 
 
 def promote(conn: Connection, version: int, actor: str, reason: str, force: bool = False) -> None:

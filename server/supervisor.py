@@ -142,10 +142,16 @@ class DemoFeeder:
             self._stop.wait(self.interval)
 
 
-def child_env(database_url: str) -> dict[str, str]:
+def child_env(
+    database_url: str, log_json: bool = False, log_level: str | None = None
+) -> dict[str, str]:
     """The learner's environment; the database URL (maybe with a password) goes here rather
-    than on the command line, where any local user could read it."""
+    than on the command line, where any local user could read it. The learner logs as the
+    server does (text or JSON lines, and from the same level): they share one stderr."""
     env = dict(os.environ)
     env["LIFELONG_DATABASE_URL"] = database_url
+    env["LIFELONG_LOG_JSON"] = "1" if log_json else "0"
+    if log_level is not None:
+        env["LIFELONG_LOG_LEVEL"] = log_level
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

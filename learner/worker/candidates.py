@@ -205,16 +205,25 @@ class CandidateMaker:
             sets, self._answer_current, refs, active, parents, set(trained), self.gate
         )
         report = run_gate(self.gate, evidence.buckets, evidence.alignment, version_name(active))
-        verdict = self._record(version, active, step, evidence, report)
+        stored = self._record(version, active, step, evidence, report)
+        verdict = stored["verdict"]
         answers = {a.example_id: a.correct for xs in evidence.candidate.values() for a in xs}
         outcome = CandidateOutcome(version, verdict, report.to_dict(), evidence.accuracy, answers)
         self.prune()
-        log.info("candidate v%d at step %d: %s", version, step, report.summary)
+        # The verdict as stored: a promotion can turn into a hold in _record.
+        log.info(
+            "gate: candidate v%d at step %d: %s",
+            version,
+            step,
+            stored["summary"],
+            extra={"event": "gate", "version": version, "verdict": verdict, "step": step},
+        )
         return outcome
 
     def _record(
         self, version: int, active: Model, step: int, evidence: Evidence, report: GateReport
-    ) -> str:
+    ) -> dict[str, Any]:
+        """Store the probe answers and the gate report; the report as stored."""
         verdict = report.verdict
         data = report.to_dict()
         with self.fenced() as conn:
@@ -231,7 +240,7 @@ class CandidateMaker:
             registry.set_status(conn, version, status, data)
             if verdict == "promote":
                 registry.promote(conn, version, LEARNER_ACTOR, data["summary"])
-        return verdict
+        return data
 
 
 def _rows(answers: list[ProbeAnswer]) -> list[tuple[int, bool, str]]:

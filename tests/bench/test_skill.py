@@ -23,7 +23,9 @@ def test_skill_benchmark_on_the_micro_model(tmp_path: Path) -> None:
     result = json.loads((out / "skill.json").read_text())
     assert result["config"]["learner"] == {"candidate_every": 20}
     (run,) = result["results"]
-    assert [m["cpu_minutes"] >= mark for m, mark in zip(run["marks"], (0.05, 0.1))] == [True] * 2
+    assert [
+        m["cpu_minutes"] >= mark for m, mark in zip(run["marks"], (0.05, 0.1), strict=True)
+    ] == [True] * 2
     assert all(m["step"] > 0 for m in run["marks"])
     assert run["marks"][-1]["base"] is not None  # the base model was evaluated on the probes
     assert "| sort |" in (out / "skill.md").read_text()

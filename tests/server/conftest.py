@@ -6,6 +6,8 @@ uses the small ``TEST_LIMITS`` below. Tests that need other settings call
 ``make_client(**settings_overrides)``. ``api`` bundles the small helpers the tests share
 (headers for the test keys, the stored example count, the error message of a response);
 ``adapters`` writes adapter versions into the test data directory as the learner does.
+``live_api`` serves the same app with a real uvicorn server on a loopback port (in a
+thread of the test process), for clients that speak HTTP, such as the ``lifelong`` CLI.
 Test modules do not import this file (it is not importable as a package); they use the
 fixtures.
 """
@@ -14,12 +16,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
@@ -215,3 +222,57 @@ class Adapters:
 @pytest.fixture
 def adapters(engine: Engine, data_dir: Path, request: pytest.FixtureRequest) -> Adapters:
     return Adapters(engine, data_dir, request)
+
+
+@dataclass(frozen=True)
+class LiveApi:
+    """A running uvicorn server of the app on the test database and data directory."""
+
+    url: str
+    data_dir: Path
+    database_url: str
+    settings: Settings
+
+
+def _serve_in_thread(settings: Settings, stack: ExitStack) -> str:
+    """Start uvicorn on a free loopback port, stopped when ``stack`` closes; its URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+    stack.callback(stop)
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def start_live_api(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., LiveApi]]:
+    """Start the app under uvicorn with overridden settings; all stopped at teardown."""
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> LiveApi:
+            settings = make_settings(**overrides)
+            url = _serve_in_thread(settings, stack)
+            database_url = settings.resolved_database_url()
+            return LiveApi(url, settings.data_dir, database_url, settings)
+
+        yield start
+
+
+@pytest.fixture
+def live_api(start_live_api: Callable[..., LiveApi]) -> LiveApi:
+    """The app with the test settings (``TEST_LIMITS``, the test keys) under uvicorn."""
+    return start_live_api()

@@ -1,0 +1,305 @@
+"""The commands that run the service or work on its database directly: ``serve``,
+``learner``, ``keys`` and ``db``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, Literal
+
+import typer
+import uvicorn
+from sqlalchemy import Engine
+
+from server.cli.options import DatabaseUrl, DataDir
+from server.logging_setup import LOG_JSON_ENV, LOG_LEVEL_ENV, configure_logging
+from server.settings import Settings
+
+Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+Scope = Literal["read", "submit", "admin"]  # learner.store.models.KEY_SCOPES
+LogJson = Annotated[
+    bool,
+    typer.Option(
+        "--log-json",
+        envvar=LOG_JSON_ENV,
+        help=f"Log JSON lines (time, level, logger, message, extra fields) instead of text "
+        f"({LOG_JSON_ENV}).",
+    ),
+]
+LogLevel = Annotated[
+    Level,
+    typer.Option(
+        "--log-level",
+        envvar=LOG_LEVEL_ENV,
+        case_sensitive=False,
+        help=f"Lowest level logged ({LOG_LEVEL_ENV}).",
+    ),
+]
+
+
+def settings_from(**flags: Any) -> Settings:
+    """Environment settings with the command-line flags that were given laid over them."""
+    return Settings(**{name: value for name, value in flags.items() if value is not None})
+
+
+def ensure_suite(settings: Settings, engine: Engine) -> None:
+    """The builtin model's alignment suite, created at the first start of a builtin base."""
+    from learner.alignment_suite import ensure_alignment_suite
+    from learner.builtin_config import is_builtin_model
+    from learner.store.db import setup_lock
+
+    if settings.alignment_suite and is_builtin_model(settings.base_model):
+        with setup_lock(engine):  # a server and its learner start together
+            ensure_alignment_suite(engine)
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+class SignalAwareServer(uvicorn.Server):
+    """uvicorn's server, calling ``on_exit`` at the first exit signal (not only after the
+    HTTP side drained), so that a learner that exits meanwhile is never restarted."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.on_exit is not None:
+            self.on_exit()
+        super().handle_exit(sig, frame)
+
+
+def serve(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (LIFELONG_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Port to listen on (LIFELONG_PORT)."),
+    ] = None,
+    no_learner: Annotated[
+        bool, typer.Option("--no-learner", help="Run the API alone, without a learner.")
+    ] = False,
+    demo: Annotated[bool, typer.Option("--demo", help="Also feed the demo task stream.")] = False,
+    demo_interval: Annotated[
+        float, typer.Option("--demo-interval", help="Seconds between demo batches.")
+    ] = 10.0,
+    log_json: LogJson = False,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the HTTP API, with a learner process that it restarts if it dies."""
+    from server.app import create_app, prepare_database
+    from server.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
+
+    configure_logging(log_json, log_level, component="server")
+    settings = settings_from(data_dir=data_dir, host=host, port=port, database_url=database_url)
+    if "LIFELONG_PRELOAD_MODEL" not in os.environ:
+        # A serving process loads (and, the first time, waits for) the model at once.
+        settings = settings.model_copy(update={"preload_model": True})
+    engine = prepare_database(settings)
+    ensure_suite(settings, engine)
+    url = settings.resolved_database_url()
+    supervisor = None
+    if not no_learner:
+        env = child_env(url, log_json=log_json, log_level=log_level)
+        supervisor = LearnerSupervisor(learner_argv(str(settings.data_dir)), env)
+        supervisor.start()
+    feeder = DemoFeeder(engine, interval=demo_interval) if demo else None
+    if feeder is not None:
+        feeder.start()
+    print(
+        f"lifelong: serving on http://{settings.host}:{settings.port} "
+        f"(API docs at /docs)\n"
+        f"lifelong: admin API key in {(settings.data_dir / 'admin.key').resolve()}\n"
+        f"lifelong: learner {'off (--no-learner)' if supervisor is None else 'running'}"
+        f"{', demo stream on' if feeder else ''}",
+        flush=True,
+    )
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # uvicorn's own loggers go through the handler configured above (text or JSON).
+        log_config=None,
+        log_level="warning",
+        # In-flight requests get this long to finish after SIGTERM / SIGINT.
+        timeout_graceful_shutdown=10,
+    )
+    server = SignalAwareServer(config, on_exit=supervisor.begin_stop if supervisor else None)
+    try:
+        server.run()
+    finally:
+        if feeder is not None:
+            feeder.stop()
+        if supervisor is not None:
+            supervisor.stop()
+
+
+# --- learner -----------------------------------------------------------------------------
+
+
+def learner(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Stop after this many train steps.")
+    ] = None,
+    log_json: LogJson = False,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run a learner worker alone (``serve`` starts one itself unless --no-learner)."""
+    import signal
+    import threading
+
+    from learner.builtin import resolve_base_model
+    from learner.store.db import make_engine, upgrade
+    from learner.worker import Learner
+
+    configure_logging(log_json, log_level, component="learner")
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    ensure_suite(settings, engine)
+    config = settings.learner
+    if config.device == "auto" and settings.device != "auto":
+        config = replace(config, device=settings.device)
+    if max_steps is not None:
+        config = replace(config, max_steps=max_steps)
+
+    def exit_now(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    # Until the loop runs (the builtin bootstrap, loading the model), a signal ends the
+    # process at once: the bootstrap writes atomically and starts over next time.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, exit_now)
+    model_dir = resolve_base_model(settings.base_model, settings.data_dir)
+    worker = Learner(
+        engine,
+        config,
+        settings.data_dir,
+        model_dir,
+        settings.base_model,
+        replay=settings.replay,
+        teacher=settings.teacher,
+        difficulty=settings.difficulty,
+        gate=settings.gate,
+    )
+    print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
+    # From here on a signal finishes the current step and writes a checkpoint.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    worker.run(stop)
+
+
+# --- keys and db -------------------------------------------------------------------------
+
+keys_app = typer.Typer(
+    help="Manage API keys in the database (stored hashed; a key is shown once, when made).",
+    no_args_is_help=True,
+)
+
+
+def open_database(data_dir: Path | None, database_url: str | None) -> Engine:
+    """The configured database, migrated to the newest schema."""
+    from learner.store.db import make_engine, upgrade
+
+    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    return engine
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: Annotated[
+        Scope,
+        typer.Option(
+            "--scope",
+            help="read: GET only; submit: also tasks and completions; admin: everything.",
+        ),
+    ] = "submit",
+    name: Annotated[
+        str, typer.Option("--name", help="Shown in logs and the registry history.")
+    ] = "cli",
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a key and print it (it is shown this once)."""
+    from learner.store.db import write_transaction
+    from learner.store.keys import create_key
+
+    with write_transaction(open_database(data_dir, database_url)) as conn:
+        key = create_key(conn, scope, name)
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """List keys: id, scope, name, created, state (never the keys themselves)."""
+    from learner.store.keys import list_keys
+
+    with open_database(data_dir, database_url).connect() as conn:
+        rows = list_keys(conn)
+    if as_json:
+        from server.cli.render import print_json
+
+        print_json([_key_json(k) for k in rows])
+        return
+    for k in rows:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        print(f"{k.id}\t{k.scope}\t{k.name}\t{k.created_at:%Y-%m-%d %H:%M}\t{state}")
+
+
+def _key_json(key: Any) -> dict[str, Any]:
+    revoked = key.revoked_at.isoformat() if key.revoked_at else None
+    return {
+        "id": key.id,
+        "scope": key.scope,
+        "name": key.name,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": revoked,
+    }
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[int, typer.Argument(metavar="ID", help="The key's id (see `keys list`).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke a key by id (running servers stop accepting it within a few seconds)."""
+    from learner.store.db import write_transaction
+    from learner.store.keys import revoke_key
+
+    with write_transaction(open_database(data_dir, database_url)) as conn:
+        revoked = revoke_key(conn, key_id)
+    if not revoked:
+        print(f"no active key with id {key_id}", file=sys.stderr)
+        raise typer.Exit(1)
+    print(f"revoked key {key_id}")
+
+
+def db(
+    action: Annotated[
+        Literal["upgrade"],
+        typer.Argument(help="upgrade: migrate to the newest schema.", show_default=False),
+    ],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Database maintenance."""
+    open_database(data_dir, database_url)
+    print("database is at the newest schema revision")
