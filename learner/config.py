@@ -71,6 +71,10 @@ class LearnerConfig:
     # Every `candidate_every` steps a candidate version is saved, evaluated on the probes
     # of every learned bucket and gated (GateConfig: retention, alignment, gain).
     candidate_every: int = 100
+    # Evaluate candidates on a replica of the model in a background thread while training
+    # goes on (learner.training.replica); off (the default until measured end to end):
+    # training waits for every evaluation.
+    background_candidates: bool = False
     checkpoint_every: int = 50
     # Shares of a batch: the focus bucket, alignment anchors, and (the rest) prioritized
     # replay across all buckets.

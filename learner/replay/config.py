@@ -19,7 +19,9 @@ class ReplayConfig:
     (see :mod:`learner.replay.sampler`); ``max_per_bucket``: the index keeps the newest
     that many examples of a bucket (``None``: all); ``block_size``: sum-tree block, a
     power of two; ``max_pending``: queued priority rows that trigger an early flush;
-    ``gap_timeout``: seconds an unseen id is waited for (:mod:`learner.replay.feed`).
+    ``gap_timeout``: seconds an unseen id is waited for (:mod:`learner.replay.feed`);
+    ``text_cache_bytes``: memory for the examples' texts, so that a draw reads no SQL
+    (:mod:`learner.replay.texts`; 0: read every batch's texts from SQL).
     """
 
     alpha: float = 0.6
@@ -34,6 +36,7 @@ class ReplayConfig:
     block_size: int = 512
     max_pending: int = 50_000
     gap_timeout: float = 60.0
+    text_cache_bytes: int = 512 * 2**20
 
     def __post_init__(self) -> None:
         checks = {
@@ -52,6 +55,7 @@ class ReplayConfig:
             ),
             "max_pending must be >= 1": self.max_pending >= 1,
             "gap_timeout must be >= 0": self.gap_timeout >= 0,
+            "text_cache_bytes must be >= 0": self.text_cache_bytes >= 0,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:

@@ -135,15 +135,25 @@ def fetch_ids(conn: Connection, ids: Ints) -> ExampleRows:
     return _fetch(conn, _rows_sql(_ids_in(conn)), _ids_param(conn, ids.tolist()))
 
 
-def fetch_texts(conn: Connection, ids: list[int]) -> dict[int, tuple[str, str, str]]:
-    """``{id: (bucket name, prompt, target)}`` for the ids that exist."""
-    sql = (
-        "SELECT e.id, b.name, e.prompt, e.target FROM examples e "
-        f"JOIN buckets b ON b.id = e.bucket_id WHERE {_ids_in(conn)}"
-    )
+def fetch_texts(conn: Connection, ids: list[int]) -> dict[int, tuple[int, str, str]]:
+    """``{id: (bucket id, prompt, target)}`` for the ids that exist."""
+    sql = f"SELECT e.id, e.bucket_id, e.prompt, e.target FROM examples e WHERE {_ids_in(conn)}"
     with _cursor(conn) as cursor:
         cursor.execute(sql, _ids_param(conn, ids))
         return {row[0]: row[1:] for row in cursor.fetchall()}
+
+
+def iter_train_texts(conn: Connection, up_to_id: int) -> Iterator[list[tuple[int, int, str, str]]]:
+    """Every train example's ``(id, bucket id, prompt, target)`` with ``id <= up_to_id``,
+    in chunks of ``FETCH_CHUNK`` rows (the text cache's fill at a rebuild)."""
+    sql = (
+        "SELECT e.id, e.bucket_id, e.prompt, e.target FROM examples e "
+        f"WHERE e.split = 'train' AND e.id <= {int(up_to_id)} ORDER BY e.id"
+    )
+    with _cursor(conn) as cursor:
+        cursor.execute(sql)
+        while chunk := cursor.fetchmany(FETCH_CHUNK):
+            yield chunk
 
 
 def tune_reader(conn: Connection) -> None:

@@ -32,6 +32,7 @@ from learner.replay.config import Batch, ReplayConfig, ReplayExample
 from learner.replay.feed import ExampleFeed
 from learner.replay.sampler import UNKNOWN, Draw, PrioritizedIndex
 from learner.replay.sumtree import Floats, Ints
+from learner.replay.texts import TextCache
 from learner.replay.writer import PriorityWriter
 from learner.store.db import make_engine, require_head, upgrade, write_transaction
 from learner.store.ingest import IngestLimits, NewExample, content_hash, ingest_batch
@@ -72,6 +73,7 @@ class ReplayStore:
         self._step = 0  # sample() calls so far: the beta schedule position
         self._names: dict[int, str] = {}
         self._excluded: set[int] = set()  # bucket ids kept out of the index
+        self._texts = TextCache(cfg.text_cache_bytes)
         self._lock = threading.RLock()
         self._read_conn: Connection | None = None
         self._closed = False
@@ -111,10 +113,22 @@ class ReplayStore:
             rows = storage.load_train(conn, last_id)
             self._names = storage.bucket_names(conn)
         self._index.insert(rows.ids, rows.bucket_ids, rows.priorities)
+        self._fill_texts(last_id)
         if np.isnan(rows.priorities).any():  # new to every store: persist their entry
             self._writer.add_backfill(last_id, self._index.max_priority)
         self._feed.last_id = max(0, last_id - STARTUP_LOOKBACK_IDS)
         self._last_refresh = -float("inf")
+
+    def _fill_texts(self, last_id: int) -> None:
+        """Load the train examples' texts into the cache (until it is full)."""
+        self._texts = TextCache(self.config.text_cache_bytes)
+        if self._texts.full:
+            return
+        with self._read() as conn:
+            for chunk in storage.iter_train_texts(conn, last_id):
+                self._texts.put(*map(list, zip(*chunk, strict=True)))
+                if self._texts.full:
+                    break
 
     def refresh(self) -> int:
         """Index the train examples committed since the last refresh; returns how many."""
@@ -204,15 +218,33 @@ class ReplayStore:
             draw = self._index.draw(self._rng, batch_size, key, self.config.quota)
             if not with_examples:
                 return draw, []
-            ids = draw.ids.tolist()
-            with self._read() as conn:
-                texts = storage.fetch_texts(conn, ids)
-            missing = [i for i in ids if i not in texts]
-            if not missing:
-                make = ReplayExample._make
-                return draw, [make(texts[i]) for i in ids]
-            self._index.remove(np.array(missing, dtype=np.int64))
+            texts, misses = self._texts.get(draw.ids)
+            if misses.size:
+                missing = self._read_texts(misses, draw.ids, texts)
+                if missing:
+                    self._index.remove(np.array(missing, dtype=np.int64))
+                    continue
+            names, make = self._names, ReplayExample._make
+            return draw, [make((names[t[0]], t[1], t[2])) for t in texts if t is not None]
         raise RuntimeError("sampled examples keep disappearing from SQL")
+
+    def _read_texts(
+        self, misses: Ints, ids: Ints, texts: list[tuple[int, str, str] | None]
+    ) -> list[int]:
+        """Fill ``texts`` from SQL where the cache had nothing (and cache them); returns
+        the ids that SQL does not have either (deleted)."""
+        wanted = np.unique(misses).tolist()
+        with self._read() as conn:
+            found = storage.fetch_texts(conn, wanted)
+            if not {row[0] for row in found.values()} <= self._names.keys():
+                self._names = storage.bucket_names(conn)
+        rows = [(i, *found[i]) for i in wanted if i in found]
+        if rows:
+            self._texts.put(*map(list, zip(*rows, strict=True)))
+        for position, example_id in enumerate(ids.tolist()):
+            if texts[position] is None and example_id in found:
+                texts[position] = found[example_id]
+        return [i for i in wanted if i not in found]
 
     def exclude_bucket(self, name: str) -> int:
         """Keep a bucket's examples out of every draw from now on (also of examples that

@@ -30,6 +30,7 @@ from learner.evaluation.probes import ProbeAnswer, ProbeSet, answer_probes, load
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
 from learner.store.models import AdapterVersion, Bucket
+from learner.training.replica import EvalReplica
 from learner.training.step import Trainer
 from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
 
@@ -66,9 +67,13 @@ class CandidateMaker:
         data_dir: Path,
         gate: GateConfig,
         max_new_tokens: int,
+        replica: EvalReplica | None = None,
     ) -> None:
         self.engine = engine
         self.trainer = trainer
+        # Where candidates are evaluated: a replica (while the trainer trains on) or, without
+        # one, the trained model itself (training waits).
+        self.replica = replica
         self.fenced = fenced
         self.data_dir = data_dir
         self.gate = gate
@@ -135,20 +140,23 @@ class CandidateMaker:
 
     # --- evaluation --------------------------------------------------------------------
 
+    @property
+    def _model(self) -> Any:
+        return self.trainer.model if self.replica is None else self.replica.model
+
     def _answer_current(self, probes: ProbeSet) -> list[ProbeAnswer]:
-        return answer_probes(
-            self.trainer.model, self.trainer.tokenizer, probes, self.max_new_tokens
-        )
+        tokenizer = self.trainer.tokenizer if self.replica is None else self.replica.tokenizer
+        return answer_probes(self._model, tokenizer, probes, self.max_new_tokens)
 
     def _answer_base(self, probes: ProbeSet) -> list[ProbeAnswer]:
-        with self.trainer.model.disable_adapter():
+        with self._model.disable_adapter():
             return self._answer_current(probes)
 
     def _answer_version(self, path: Path) -> Answerer:
         """Answers of a saved version, loaded beside the trained adapter for a moment."""
 
         def run(probes: ProbeSet) -> list[ProbeAnswer]:
-            model = self.trainer.model
+            model = self._model
             model.load_adapter(str(path), adapter_name=REFERENCE_ADAPTER)
             model.set_adapter(REFERENCE_ADAPTER)
             try:
@@ -156,7 +164,8 @@ class CandidateMaker:
             finally:
                 model.set_adapter("default")
                 model.delete_adapter(REFERENCE_ADAPTER)
-                model.train()
+                if self.replica is None:
+                    model.train()
 
         return run
 
@@ -195,7 +204,21 @@ class CandidateMaker:
     def make(
         self, parent: Model, step: int, trained: list[int], provenance: dict[str, Any]
     ) -> CandidateOutcome:
-        version = self.save(parent, step, provenance)
+        """Save the trained weights as a candidate and judge it (:meth:`judge`)."""
+        return self.judge(self.save(parent, step, provenance), step, trained)
+
+    def judge(self, version: int, step: int, trained: list[int]) -> CandidateOutcome:
+        """Evaluate a saved candidate, run the gate, record the verdict, prune old files.
+
+        With a replica this may run on another thread while the trainer trains on: it
+        reads the candidate's weights from its saved files, never from the trainer."""
+        if self.replica is None:
+            return self._judge(version, step, trained)
+        with self.replica.lock:
+            self.replica.load(self.data_dir / registry.version_relpath(version))
+            return self._judge(version, step, trained)
+
+    def _judge(self, version: int, step: int, trained: list[int]) -> CandidateOutcome:
         with self.engine.connect() as conn:
             active = registry.active_version(conn)
             sets = self._probe_sets(conn, active, trained)

@@ -52,10 +52,21 @@ class Lineage:
         self.reset_after = reset_after
         self.state = LineageState()
         self._unloadable: set[int] = set()
+        # Buckets trained since the newest candidate was saved: while it is judged in the
+        # background, training goes on, and a promotion must not forget them.
+        self._since_save: list[int] = []
+        self._replaced_since_save = False  # weights loaded from elsewhere meanwhile
 
     def trained_on(self, bucket_id: int) -> None:
         if bucket_id not in self.state.trained:
             self.state.trained.append(bucket_id)
+        if bucket_id not in self._since_save:
+            self._since_save.append(bucket_id)
+
+    def saved(self) -> None:
+        """A candidate was saved from the current weights."""
+        self._since_save = []
+        self._replaced_since_save = False
 
     def follow(self, conn: Connection) -> bool:
         """Take in registry events made by others; True when the weights were replaced."""
@@ -90,6 +101,8 @@ class Lineage:
         self.state.parent = version
         self.state.rejections = 0
         self.state.trained = []
+        self._since_save = []
+        self._replaced_since_save = True
         log.info(
             "continuing from %s after a %s", "base" if version is None else f"v{version}", reason
         )
@@ -97,11 +110,15 @@ class Lineage:
 
     def after_candidate(self, outcome: CandidateOutcome) -> bool:
         """Move the lineage on after a candidate; reset it after too many rejections.
-        True when the weights were reset."""
+        True when the weights were reset. A candidate judged after the weights were
+        replaced (a rollback while it was evaluated in the background) moves nothing: the
+        weights no longer descend from it."""
+        if self._replaced_since_save:
+            return False
         self.state.parent = outcome.version
         if outcome.promoted:
             self.state.rejections = 0
-            self.state.trained = []
+            self.state.trained = list(self._since_save)
         elif outcome.verdict == "reject":
             self.state.rejections += 1
             if self.state.rejections >= self.reset_after:

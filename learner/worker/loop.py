@@ -23,11 +23,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import Engine
 
 from learner import control
@@ -42,6 +45,7 @@ from learner.store.db import write_transaction
 from learner.store.difficulty import bucket_difficulties
 from learner.store.teacher import save_snapshot
 from learner.training.batches import BatchSource
+from learner.training.replica import EvalReplica
 from learner.training.step import Trainer, lora_config
 from learner.worker.candidates import CandidateMaker, CandidateOutcome
 from learner.worker.lease_holder import LeaseHolder, LeaseLost
@@ -49,6 +53,7 @@ from learner.worker.lineage import Lineage, LineageState
 from learner.worker.rounds import RoundKeeper
 
 log = logging.getLogger(__name__)
+TrainerFactory = Callable[[LearnerConfig, Path, torch.device], Trainer]
 
 
 @dataclass
@@ -91,8 +96,11 @@ class Learner:
         teacher: TeacherConfig | None = None,
         difficulty: DifficultyConfig | None = None,
         gate: GateConfig | None = None,
+        trainer_factory: TrainerFactory | None = None,
     ) -> None:
         self.engine = engine
+        # What trains: a Trainer, or for example a DistributedTrainer under torchrun.
+        self.trainer_factory: TrainerFactory = trainer_factory or Trainer
         self.config = config
         self.data_dir = data_dir.resolve()
         self.model_dir = model_dir
@@ -108,6 +116,9 @@ class Learner:
         self.rng = np.random.default_rng(config.seed)
         self.paused = False
         self._checkpointed_step = -1
+        self.replica: EvalReplica | None = None
+        self._judge_pool: ThreadPoolExecutor | None = None  # made at the first candidate
+        self._judging: Future[CandidateOutcome] | None = None
         holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = LeaseHolder(engine, holder, config.lease_seconds, self.status)
 
@@ -122,7 +133,7 @@ class Learner:
 
     def setup(self) -> None:
         """Load the model, rebuild the replay index, restore the newest checkpoint."""
-        self.trainer = Trainer(self.config, self.model_dir, self.device)
+        self.trainer = self.trainer_factory(self.config, self.model_dir, self.device)
         old_store: ReplayStore | None = getattr(self, "store", None)
         if old_store is not None:
             old_store.close()  # set up again: stop the old store's write-behind thread
@@ -132,6 +143,11 @@ class Learner:
         self.lineage = Lineage(
             self.trainer, self.data_dir, self.lease.fenced, self.gate_config.reset_after_rejections
         )
+        self.replica = (
+            EvalReplica(self.model_dir, self.device, lora_config(self.config))
+            if self.config.background_candidates
+            else None
+        )
         self.candidates = CandidateMaker(
             self.engine,
             self.trainer,
@@ -139,6 +155,7 @@ class Learner:
             self.data_dir,
             self.gate_config,
             self.config.max_new_tokens,
+            self.replica,
         )
         self.rounds = RoundKeeper(
             self.engine,
@@ -192,6 +209,7 @@ class Learner:
                     break
                 if not self.tick():
                     stop.wait(self.config.poll_seconds)
+            self.collect_candidate(wait=True)  # its verdict belongs to this run
             self.save_checkpoint()
         except LeaseLost:
             # Another learner owns the checkpoints now: write nothing more, just stop.
@@ -199,6 +217,9 @@ class Learner:
             return
         finally:
             self.stop_scorer()
+            if self._judge_pool is not None:
+                self._judge_pool.shutdown(wait=True)
+                self._judge_pool = None
             self.store.close()  # flushes the pending priority updates
         self.lease.release()
 
@@ -218,6 +239,7 @@ class Learner:
     def tick(self) -> bool:
         """One step; returns False when there was nothing to do (the caller waits)."""
         self.lease.keep()
+        self.collect_candidate(wait=False)
         self.poll()
         self._end_quarantines()
         arms = self.curriculum.allowed(self.batches.focus_arms())
@@ -242,7 +264,10 @@ class Learner:
                 self.store.exclude_bucket(quarantined)
                 self.save_checkpoint()  # the quarantine is in the teacher's saved state
         if self.state.step % self.config.candidate_every == 0:
-            self.make_candidate()
+            if self.replica is not None:
+                self.start_candidate()
+            else:
+                self.make_candidate()
             self.save_checkpoint()
         elif self.state.step % self.config.checkpoint_every == 0:
             self.save_checkpoint()
@@ -285,18 +310,53 @@ class Learner:
         }
 
     def make_candidate(self) -> CandidateOutcome:
-        """Save, evaluate and gate a candidate; move the lineage on; tell the teacher."""
+        """Save, evaluate and gate a candidate now (training waits); move the lineage on;
+        tell the teacher."""
+        self.collect_candidate(wait=True)
         self.lease.keep(force=True)
         lineage = self.lineage.state
+        self.lineage.saved()
         outcome = self.candidates.make(
             lineage.parent, self.state.step, list(lineage.trained), self.provenance()
         )
         self.state.last_version = outcome.version
+        self._after_candidate(outcome)
+        return outcome
+
+    def start_candidate(self) -> None:
+        """Save a candidate and have it judged on the replica in the background; the
+        outcome is taken in by :meth:`collect_candidate`. One at a time: a previous
+        candidate still being judged is waited for first."""
+        self.collect_candidate(wait=True)
+        self.lease.keep(force=True)
+        lineage = self.lineage.state
+        version = self.candidates.save(lineage.parent, self.state.step, self.provenance())
+        self.lineage.saved()
+        self.state.last_version = version
+        trained = list(lineage.trained)
+        if self._judge_pool is None:
+            self._judge_pool = ThreadPoolExecutor(1, thread_name_prefix="candidate-judge")
+        self._judging = self._judge_pool.submit(
+            self.candidates.judge, version, self.state.step, trained
+        )
+
+    def collect_candidate(self, wait: bool) -> CandidateOutcome | None:
+        """Take in the background candidate's outcome once it is ready (``wait``: block
+        until then). Its errors surface here, on the training thread (LeaseLost too)."""
+        judging = self._judging
+        if judging is None or not (wait or judging.done()):
+            return None
+        self._judging = None
+        outcome = judging.result()
+        self._after_candidate(outcome)
+        self.save_checkpoint(force=True)  # the lineage moved: a restart must know it
+        return outcome
+
+    def _after_candidate(self, outcome: CandidateOutcome) -> None:
         self.state.last_verdict = outcome.verdict
         self.rounds.observe_reevaluation(outcome, self.batches.buckets)
         if self.lineage.after_candidate(outcome):
             self.curriculum.harm.forget_baseline()
-        return outcome
 
     # --- the teacher's difficulty scorer -------------------------------------------------
 
@@ -346,8 +406,10 @@ class Learner:
             },
         }
 
-    def save_checkpoint(self) -> None:
-        if self.state.step == 0 or self.state.step == self._checkpointed_step:
+    def save_checkpoint(self, force: bool = False) -> None:
+        """Checkpoint unless nothing was trained since the last one (``force``: unless
+        nothing was trained at all)."""
+        if self.state.step == 0 or (self.state.step == self._checkpointed_step and not force):
             return  # nothing new to save
         self._checkpointed_step = self.state.step
         self.store.flush()

@@ -1,0 +1,290 @@
+"""Learner overhead: tokens/s of the full learner loop against a bare peft training loop.
+
+DESIGN section 12: the full loop's tokens/s must be at least 90% of a bare peft loop's on
+the same model, batch and device. Both run in the same process, one after the other
+(bare, full, bare: the two bare runs bracket the full one, so a machine that got busier
+or quieter meanwhile shows as a spread between them):
+
+- bare: ``get_peft_model`` on the base model, AdamW, and per step: encode a batch of
+  (prompt, target) pairs drawn at random from the same examples, the per-example loss,
+  backward, clip, step. Nothing else.
+- full: :class:`learner.worker.Learner` on a SQLite (or PostgreSQL) database holding the
+  same examples in task buckets plus the alignment suite: the lease, polling, the replay
+  store (prioritized draws, priority write-behind), the teacher's rounds and round-end
+  evaluations, the harm watch, candidates (saved, evaluated, gated) and checkpoints, and
+  the difficulty scorer thread, with the service's defaults except where noted below.
+
+tokens/s = trained tokens (attention mask sum, as the learner counts them) / wall time of
+the loop (model loading excluded from both). The full loop's time is also broken down by
+part (training steps, batch composition, round-end evaluations, candidates, checkpoints,
+the rest), which is where the gap is.
+
+    python bench/learner.py                       # builtin small (tiny architecture), CPU
+    python bench/learner.py --threads 2 --steps 600
+    python bench/learner.py --device cuda --model path/to/hf-model-dir
+
+Results: bench/results/learner.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common import machine
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from peft import get_peft_model  # noqa: E402
+
+from learner.alignment_suite import ensure_alignment_suite  # noqa: E402
+from learner.builtin import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig  # noqa: E402
+from learner.modeling import encode_examples, load_base, per_example_loss, pick_device  # noqa: E402
+from learner.store.db import make_engine, upgrade, write_transaction  # noqa: E402
+from learner.store.ingest import NewExample, ingest_batch  # noqa: E402
+from learner.tasks import make_examples  # noqa: E402
+from learner.training.step import lora_config  # noqa: E402
+from learner.worker import Learner  # noqa: E402
+
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+BUCKETS = (("copy-l2", "copy", 2), ("reverse-l2", "reverse", 2), ("sort-l1", "sort", 1),
+           ("addition-l2", "addition", 2))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "small"  # a builtin preset, or a local Hugging Face model directory
+    device: str = "cpu"
+    steps: int = 300
+    batch_size: int = 16
+    threads: int = 1
+    examples: int = 400  # per bucket
+    candidate_every: int = 100
+    checkpoint_every: int = 50
+    difficulty: bool = True
+    database_url: str | None = None
+
+
+def load_examples(n: int) -> dict[str, list[tuple[str, str]]]:
+    return {b: [(e["prompt"], e["target"]) for e in make_examples(f, n, lvl, seed=1)]
+            for b, f, lvl in BUCKETS}  # fmt: skip
+
+
+# --- the bare loop ----------------------------------------------------------------------
+
+
+def bare_loop(cfg: BenchConfig, model_dir: Path, texts: list[tuple[str, str]]) -> dict[str, Any]:
+    """A plain peft training loop on ``texts``: tokens/s over the timed steps."""
+    config = learner_config(cfg)
+    device = pick_device(cfg.device)
+    torch.manual_seed(0)
+    base, tokenizer = load_base(model_dir, device)
+    model = get_peft_model(base, lora_config(config))
+    model.train()
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
+    )
+    rng = random.Random(0)
+    weights = torch.ones(cfg.batch_size, device=device)
+    tokens = 0
+    start = time.perf_counter()
+    for _ in range(cfg.steps):
+        batch = [texts[rng.randrange(len(texts))] for _ in range(cfg.batch_size)]
+        encoded = encode_examples(tokenizer, batch, config.max_length).to(device)
+        loss = (weights * per_example_loss(model, encoded)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        tokens += int(encoded.attention_mask.sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall}
+
+
+# --- the full loop ----------------------------------------------------------------------
+
+
+def learner_config(cfg: BenchConfig) -> LearnerConfig:
+    return LearnerConfig(
+        batch_size=cfg.batch_size,
+        candidate_every=cfg.candidate_every,
+        checkpoint_every=cfg.checkpoint_every,
+        poll_seconds=0.05,
+        max_steps=cfg.steps,
+        device=cfg.device,
+        num_threads=cfg.threads,
+    )
+
+
+class PartTimer:
+    """Wall time spent inside wrapped methods, per part (nested calls count once)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._depth = 0
+
+    def wrap(self, obj: Any, method: str, part: str) -> None:
+        inner: Callable[..., Any] = getattr(obj, method)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.part(part):
+                return inner(*args, **kwargs)
+
+        setattr(obj, method, timed)
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        self._depth += 1
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
+
+
+def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
+              buckets: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:  # fmt: skip
+    """The learner's own loop (``Learner.tick``) for ``cfg.steps`` steps."""
+    url = cfg.database_url or f"sqlite:///{work / 'learner-bench.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    ensure_alignment_suite(engine)
+    with write_transaction(engine) as conn:
+        for bucket, rows in buckets.items():
+            ingest_batch(conn, bucket, [NewExample(p, t) for p, t in rows])
+    learner = Learner(
+        engine, learner_config(cfg), work / "data", model_dir, str(model_dir),
+        holder="bench-learner",
+        difficulty=DifficultyConfig() if cfg.difficulty else None,
+        teacher=TeacherConfig(),
+    )  # fmt: skip
+    stop = threading.Event()
+    assert learner.wait_for_lease(stop)
+    learner.setup()
+    learner.lease.keep(force=True)
+    learner.start_scorer()
+    timer = PartTimer()
+    timer.wrap(learner.trainer, "step", "train step")
+    timer.wrap(learner.batches, "batch", "batch composition")
+    timer.wrap(learner.rounds, "end_round", "round-end evaluation")
+    timer.wrap(learner, "make_candidate", "candidates")
+    timer.wrap(learner, "save_checkpoint", "checkpoints")
+    timer.wrap(learner, "poll", "polling")
+    idle = 0.0
+    start = time.perf_counter()
+    try:
+        while learner.state.step < cfg.steps:
+            if not learner.tick():
+                t = time.perf_counter()
+                stop.wait(learner.config.poll_seconds)
+                idle += time.perf_counter() - t
+        wall = time.perf_counter() - start
+    finally:
+        learner.stop_scorer()
+        learner.store.close()
+        learner.lease.release()
+        engine.dispose()
+    parts = {k: round(v, 3) for k, v in timer.seconds.items()}
+    parts["idle (teacher resting)"] = round(idle, 3)
+    parts["other"] = round(wall - sum(timer.seconds.values()) - idle, 3)
+    tokens = learner.state.tokens_seen
+    return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "parts_s": parts,
+            "calls": dict(timer.calls), "last_verdict": learner.state.last_verdict}  # fmt: skip
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learner.json").write_text(json.dumps(report, indent=2))
+    full, bare = report["full"], report["bare"]
+    lines = [
+        "# Learner overhead: the full loop against a bare peft loop",
+        "",
+        f"- date: {report['date']}",
+        f"- machine: {report['machine']}",
+        f"- command: `{report['command']}`",
+        f"- config: {report['config']}",
+        "",
+        "| loop | tokens | wall s | tokens/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for i, run in enumerate(bare):
+        lines.append(f"| bare peft ({'before' if i == 0 else 'after'}) | {run['tokens']:,} | "
+                     f"{run['wall_s']:.1f} | {run['tokens_per_s']:,.0f} |")  # fmt: skip
+    lines.append(f"| full learner loop | {full['tokens']:,} | {full['wall_s']:.1f} | "
+                 f"{full['tokens_per_s']:,.0f} |")  # fmt: skip
+    lines += ["", f"**full / bare = {report['ratio']:.2f}** (bare: mean of the two runs; "
+              "target >= 0.90)", "", "Where the full loop's wall time went (s):", "",
+              "| part | s | share |", "|---|---:|---:|"]  # fmt: skip
+    for part, seconds in sorted(full["parts_s"].items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {part} | {seconds:.1f} | {seconds / full['wall_s']:.0%} |")
+    (out / "learner.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    defaults = BenchConfig()
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value) if value is not None else str,
+                                default=value)  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / ".cache")
+    args = parser.parse_args(argv)
+    cfg = replace(defaults, **{k: getattr(args, k) for k in asdict(defaults)})
+    torch.set_num_threads(cfg.threads)
+    if Path(cfg.model).is_dir():
+        model_dir = Path(cfg.model)
+    else:
+        preset = replace(BuiltinConfig.preset(cfg.model), num_threads=cfg.threads)
+        model_dir = ensure_builtin_model(args.cache, preset, progress=False)
+    buckets = load_examples(cfg.examples)
+    texts = [t for rows in buckets.values() for t in rows]
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = [bare_loop(cfg, model_dir, texts)]
+        full = full_loop(cfg, model_dir, Path(tmp), buckets)
+        bare.append(bare_loop(cfg, model_dir, texts))
+    bare_mean = float(np.mean([b["tokens_per_s"] for b in bare]))
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["python bench/learner.py", *(sys.argv[1:] if argv is None else argv)]),
+        "config": asdict(cfg),
+        "bare": bare,
+        "full": full,
+        "ratio": full["tokens_per_s"] / bare_mean,
+    }
+    write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
