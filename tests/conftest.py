@@ -59,6 +59,16 @@ def drop_pg_database(url: str) -> None:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+@pytest.fixture
+def pg_database_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database (no schema: whoever uses it migrates it), dropped
+    at the end."""
+    _require_postgres()
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"

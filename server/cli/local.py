@@ -154,50 +154,78 @@ def learner(
     log_json: LogJson = False,
     log_level: LogLevel = "INFO",
 ) -> None:
-    """Run a learner worker alone (``serve`` starts one itself unless --no-learner)."""
+    """Run a learner worker alone (``serve`` starts one itself unless --no-learner).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the ranks train one adapter data-parallel: rank 0
+    is the learner (lease, database, teacher, versions); the others only share its steps.
+    """
     import signal
     import threading
 
     from learner.builtin import resolve_base_model
+    from learner.modeling import pick_device
     from learner.store.db import make_engine, upgrade
+    from learner.training import distributed
     from learner.worker import Learner
 
-    configure_logging(log_json, log_level, component="learner")
     settings = settings_from(data_dir=data_dir, database_url=database_url)
-    engine = make_engine(settings.resolved_database_url())
-    upgrade(engine)
-    ensure_suite(settings, engine)
     config = settings.learner
     if config.device == "auto" and settings.device != "auto":
         config = replace(config, device=settings.device)
     if max_steps is not None:
         config = replace(config, max_steps=max_steps)
+    context = None
+    if distributed.launched_by_torchrun():
+        context = distributed.init_from_env(pick_device(config.device))
+    rank = "" if context is None else f"-rank{context.rank}"
+    configure_logging(log_json, log_level, component=f"learner{rank}")
+    if context is not None and not context.is_leader:
+        # A follower touches no database: the same model, then rank 0's commands until it
+        # says stop (signals wait for that: rank 0 still needs the followers to finish).
+        distributed.ignore_stop_signals()
+        model_dir = resolve_base_model(settings.base_model, settings.data_dir, progress=False)
+        device = context.device_for(pick_device(config.device))
+        distributed.follow(distributed.DistributedTrainer(config, model_dir, device, context))
+        distributed.destroy()
+        return
 
     def exit_now(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
-    # Until the loop runs (the builtin bootstrap, loading the model), a signal ends the
-    # process at once: the bootstrap writes atomically and starts over next time.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, exit_now)
-    model_dir = resolve_base_model(settings.base_model, settings.data_dir)
-    worker = Learner(
-        engine,
-        config,
-        settings.data_dir,
-        model_dir,
-        settings.base_model,
-        replay=settings.replay,
-        teacher=settings.teacher,
-        difficulty=settings.difficulty,
-        gate=settings.gate,
-    )
-    print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
-    # From here on a signal finishes the current step and writes a checkpoint.
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    worker.run(stop)
+    try:
+        engine = make_engine(settings.resolved_database_url())
+        upgrade(engine)
+        ensure_suite(settings, engine)
+        # Until the loop runs (the builtin bootstrap, loading the model), a signal ends the
+        # process at once: the bootstrap writes atomically and starts over next time.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, exit_now)
+        model_dir = resolve_base_model(settings.base_model, settings.data_dir)
+        # Rank 0 of a torchrun group trains through a DistributedTrainer (one process: the
+        # Learner's own Trainer, and nothing passed).
+        factory = None if context is None else context.trainer_factory()
+        worker = Learner(
+            engine,
+            config,
+            settings.data_dir,
+            model_dir,
+            settings.base_model,
+            replay=settings.replay,
+            teacher=settings.teacher,
+            difficulty=settings.difficulty,
+            gate=settings.gate,
+            trainer_factory=factory,
+        )
+        print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
+        # From here on a signal finishes the current step and writes a checkpoint.
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker.run(stop)
+    finally:
+        if context is not None:
+            context.stop_followers()
+            distributed.destroy()
 
 
 # --- keys and db -------------------------------------------------------------------------

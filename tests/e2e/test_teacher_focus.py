@@ -95,7 +95,11 @@ def test_noise_bucket_gets_a_smaller_focus_share(
     assert stalled or quarantined, [d["reason"] for d in decisions[:5]]
     assert quarantined or all("stalled: noise" in d["reason"] for d in rests)
     assert counts["noise"] <= 16, counts
-    assert counts["noise"] < 0.4 * len(rounds), counts
+    # ... and never more than the learnable bucket's (before the stall rule: 96% of all
+    # rounds). A share of all rounds would depend on how soon sort-l1 stalls or is
+    # mastered too: on a slow machine it can plateau after a dozen rounds, and the teacher
+    # then rests rather than train either.
+    assert counts["noise"] <= counts["sort-l1"], counts
     stats = buckets["noise"]["teacher"]
     assert stats["focus_rounds"] == counts["noise"], stats
     # The ensemble has scored the examples: both buckets have a fitted difficulty.

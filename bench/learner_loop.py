@@ -19,11 +19,11 @@ the loop (model loading excluded from both). The full loop's time is also broken
 part (training steps, batch composition, round-end evaluations, candidates, checkpoints,
 the rest), which is where the gap is.
 
-    python bench/learner.py                       # builtin small (tiny architecture), CPU
-    python bench/learner.py --threads 2 --steps 600
-    python bench/learner.py --device cuda --model path/to/hf-model-dir
+    python bench/learner_loop.py                       # builtin small (tiny architecture), CPU
+    python bench/learner_loop.py --threads 2 --steps 600
+    python bench/learner_loop.py --device cuda --model path/to/hf-model-dir
 
-Results: bench/results/learner.{md,json}.
+Results: bench/results/learner_loop.{md,json}.
 """
 
 from __future__ import annotations
@@ -219,7 +219,7 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "learner.json").write_text(json.dumps(report, indent=2))
+    (out / "learner_loop.json").write_text(json.dumps(report, indent=2))
     full, bare = report["full"], report["bare"]
     lines = [
         "# Learner overhead: the full loop against a bare peft loop",
@@ -242,7 +242,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
               "| part | s | share |", "|---|---:|---:|"]  # fmt: skip
     for part, seconds in sorted(full["parts_s"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {part} | {seconds:.1f} | {seconds / full['wall_s']:.0%} |")
-    (out / "learner.md").write_text("\n".join(lines) + "\n")
+    (out / "learner_loop.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "command": " ".join(["python bench/learner.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": " ".join(
+            ["python bench/learner_loop.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "config": asdict(cfg),
         "bare": bare,
         "full": full,
