@@ -78,6 +78,9 @@ class BenchConfig:
     candidate_every: int = 100
     checkpoint_every: int = 50
     difficulty: bool = True
+    # Candidates saved at once, judged on an evaluation replica on another thread (the
+    # service's LIFELONG_LEARNER__BACKGROUND_CANDIDATES); off: judged inline.
+    background_candidates: bool = False
     database_url: str | None = None
 
 
@@ -102,17 +105,23 @@ def bare_loop(cfg: BenchConfig, model_dir: Path, texts: list[tuple[str, str]]) -
     )
     rng = random.Random(0)
     weights = torch.ones(cfg.batch_size, device=device)
+    # The same precision and padding as the learner's step on this device.
+    cuda = device.type == "cuda"
+    bf16 = cuda and config.bf16 and torch.cuda.is_bf16_supported()
     tokens = 0
     start = time.perf_counter()
     for _ in range(cfg.steps):
         batch = [texts[rng.randrange(len(texts))] for _ in range(cfg.batch_size)]
-        encoded = encode_examples(tokenizer, batch, config.max_length).to(device)
-        loss = (weights * per_example_loss(model, encoded)).mean()
+        encoded = encode_examples(tokenizer, batch, config.max_length, 8 if cuda else 1)
+        tokens += int(encoded.attention_mask.sum())
+        encoded = encoded.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses = per_example_loss(model, encoded)
+        loss = (weights * losses).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        tokens += int(encoded.attention_mask.sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
@@ -131,6 +140,7 @@ def learner_config(cfg: BenchConfig) -> LearnerConfig:
         max_steps=cfg.steps,
         device=cfg.device,
         num_threads=cfg.threads,
+        background_candidates=cfg.background_candidates,
     )
 
 
@@ -190,6 +200,10 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
     timer.wrap(learner.batches, "batch", "batch composition")
     timer.wrap(learner.rounds, "end_round", "round-end evaluation")
     timer.wrap(learner, "make_candidate", "candidates")
+    # In the background: what the training thread still spends on them (save, hand-over,
+    # taking in the verdict); the judging runs on the replica's thread.
+    timer.wrap(learner, "start_candidate", "candidates")
+    timer.wrap(learner, "collect_candidate", "candidates")
     timer.wrap(learner, "save_checkpoint", "checkpoints")
     timer.wrap(learner, "poll", "polling")
     idle = 0.0

@@ -189,6 +189,7 @@ def run_backend(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         "insert": insert,
         "index_size": len(store),
         "index_bytes_per_example": round(store.index_nbytes / len(store), 1),
+        "text_cache": store.text_cache_stats(),
         "rebuild_s": {
             "cold": round(cold_s, 2),
             "backfill": round(backfill_s, 2),
@@ -214,7 +215,8 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> None:
         f"update_priorities({report['batch_size']}) after {report['warmup']} warm-up rounds, "
         f"alpha {ALPHA}, beta {BETA}, eps {EPS}; blocks of {BLOCK_ROUNDS} rounds alternate "
         "between the store and cpprb",
-        "- `full`: sample with the texts read from SQL, then update; `ids`: sample without "
+        "- `full`: sample with the texts (from the store's in-memory text cache, filled at "
+        "rebuild; SQL only for ids it does not hold), then update; `ids`: sample without "
         "texts (`with_examples=False`), then update; `flush`: the write-behind's SQL work "
         "(run between blocks, timed apart: a tight loop makes ~500k updates/s, far beyond "
         "what SQL absorbs), amortized per round; target: within "
@@ -223,15 +225,17 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> None:
         "then the write-behind backfills their entry rows: `backfill`); warm = the next start",
         "",
         "| backend | insert ex/s | rebuild cold (+backfill) / warm s | index B/example | "
+        "text cache (examples, MiB) | "
         "full p50 / p95 us | ids p50 / p95 us | cpprb p50 / p95 us | flush us/round "
         "(rows/s) | full / cpprb | ids / cpprb | full+flush / cpprb |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         t, rb = r["rounds"], r["rebuild_s"]
         lines.append(
             f"| {r['backend']} | {r['insert']['examples_per_s']:,} | {rb['cold']} "
             f"(+{rb['backfill']}) / {rb['warm']} | {r['index_bytes_per_example']} | "
+            f"{r['text_cache']['examples']:,}, {r['text_cache']['bytes'] / 2**20:.0f} | "
             f"{t['full']['median_us']} / {t['full']['p95_us']} | "
             f"{t['ids']['median_us']} / {t['ids']['p95_us']} | "
             f"{t['cpprb']['median_us']} / {t['cpprb']['p95_us']} | "

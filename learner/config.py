@@ -75,6 +75,8 @@ class LearnerConfig:
     # goes on (learner.training.replica); off (the default until measured end to end):
     # training waits for every evaluation.
     background_candidates: bool = False
+    # On CUDA (where supported): train under bf16 autocast; float32 everywhere else.
+    bf16: bool = True
     checkpoint_every: int = 50
     # Shares of a batch: the focus bucket, alignment anchors, and (the rest) prioritized
     # replay across all buckets.

@@ -51,9 +51,11 @@ class EncodedBatch:
     attention_mask: torch.Tensor  # (B, T)
     labels: torch.Tensor  # (B, T), IGNORE_INDEX outside the target
 
-    def to(self, device: torch.device) -> EncodedBatch:
+    def to(self, device: torch.device, non_blocking: bool = False) -> EncodedBatch:
         return EncodedBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device)
+            self.input_ids.to(device, non_blocking=non_blocking),
+            self.attention_mask.to(device, non_blocking=non_blocking),
+            self.labels.to(device, non_blocking=non_blocking),
         )
 
 
@@ -67,8 +69,12 @@ def encode_examples(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[tuple[str, str]],
     max_length: int,
+    pad_to_multiple_of: int = 1,
 ) -> EncodedBatch:
-    """Encode (prompt, target) pairs; over-long ones are cut from the left of the prompt."""
+    """Encode (prompt, target) pairs; over-long ones are cut from the left of the prompt.
+
+    ``pad_to_multiple_of``: the batch's width is rounded up to a multiple of it (8 on CUDA:
+    matrix shapes that fit the tensor cores' tiles)."""
     rows: list[tuple[list[int], list[int]]] = []
     for prompt, target in examples:
         p = prompt_ids(tokenizer, prompt)
@@ -77,6 +83,7 @@ def encode_examples(
         keep = max(max_length - len(t), 1)
         rows.append((p[-keep:], t[: max_length - 1]))
     width = max(len(p) + len(t) for p, t in rows)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     pad = tokenizer.pad_token_id
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

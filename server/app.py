@@ -63,13 +63,7 @@ def open_state(settings: Settings) -> AppState:
     authenticator = Authenticator(
         engine, settings.api_keys, settings.auth_cache_seconds, settings.auth_miss_cache_seconds
     )
-    inference = InferenceEngine(
-        engine,
-        lambda: resolve_base_model(settings.base_model, settings.data_dir),
-        device=settings.device,
-        num_threads=settings.inference_threads,
-        data_dir=settings.data_dir,
-    )
+    inference = make_inference_engine(settings, engine)
     if settings.preload_model:
         inference.start_once()
     limits = settings.limits.ingest_limits(base_model_context(settings), settings.base_model)
@@ -77,6 +71,33 @@ def open_state(settings: Settings) -> AppState:
         settings.limits.max_queued_completions, settings.limits.max_request_tokens
     )
     return AppState(settings, engine, authenticator, limits, inference, queue)
+
+
+def make_inference_engine(settings: Settings, engine: Engine) -> InferenceEngine:
+    """The serving backend that ``LIFELONG_SERVING_BACKEND`` names."""
+
+    def model_dir() -> Path:
+        return resolve_base_model(settings.base_model, settings.data_dir)
+
+    if settings.serving_backend == "vllm":
+        from server.vllm_backend import VllmEngine
+
+        vllm = settings.vllm
+        return VllmEngine(
+            engine,
+            model_dir,
+            max_lora_rank=vllm.max_lora_rank or settings.learner.lora.r,
+            max_loras=vllm.max_loras,
+            gpu_memory_utilization=vllm.gpu_memory_utilization,
+            data_dir=settings.data_dir,
+        )
+    return InferenceEngine(
+        engine,
+        model_dir,
+        device=settings.device,
+        num_threads=settings.inference_threads,
+        data_dir=settings.data_dir,
+    )
 
 
 def base_model_context(settings: Settings) -> int | None:

@@ -129,14 +129,7 @@ class InferenceEngine:
 
     def _load_and_watch(self) -> None:
         try:
-            import torch
-
-            from learner.modeling import load_base, pick_device
-
-            torch.set_num_threads(self.num_threads)
-
-            model, tokenizer = load_base(self._resolve_model_dir(), pick_device(self.device_spec))
-            model.eval()
+            model, tokenizer = self._load_model(self._resolve_model_dir())
             with self._lock:
                 self._model, self.tokenizer = model, tokenizer
         except Exception as exc:  # reported to clients as 503 with the reason
@@ -149,6 +142,17 @@ class InferenceEngine:
         self._ready.set()
         while not self._stop.wait(self.poll_seconds):
             self._refresh_logged()
+
+    def _load_model(self, model_dir: Path) -> tuple[Any, Any]:
+        """The base model (in eval mode) and its tokenizer, on this engine's device."""
+        import torch
+
+        from learner.modeling import load_base, pick_device
+
+        torch.set_num_threads(self.num_threads)
+        model, tokenizer = load_base(model_dir, pick_device(self.device_spec))
+        model.eval()
+        return model, tokenizer
 
     def _refresh_logged(self) -> None:
         try:
@@ -245,10 +249,13 @@ class InferenceEngine:
             raise
 
     def _evict(self) -> None:
-        assert self._peft is not None
         while len(self._loaded) > MAX_LOADED_ADAPTERS:
             victim = next(v for v in self._loaded if v != self.active)
-            self._peft.delete_adapter(self._loaded.pop(victim))
+            self._unload_adapter(self._loaded.pop(victim))
+
+    def _unload_adapter(self, name: str) -> None:
+        assert self._peft is not None
+        self._peft.delete_adapter(name)
 
     # --- completions -------------------------------------------------------------------
 
@@ -278,8 +285,6 @@ class InferenceEngine:
         name once the model is chosen, before decoding starts. Raises
         :class:`UnknownModel`, ``VersionUnavailable`` or :class:`ModelNotReady`.
         """
-        from server.generation import generate_choices
-
         kind, version = parse_model_name(model_name)
         path = self.check_model(model_name, admin)
         self.start_once()
@@ -289,10 +294,31 @@ class InferenceEngine:
         if kind == "lifelong":
             version = self._lifelong_version()
 
-        def run(model: Any, served: str) -> tuple[list[Generated], str]:
+        with self._lock:
+            assert self._model is not None and self.tokenizer is not None
+            served = "base"
+            if version is not None:
+                self._ensure_loaded(version, path)
+                served = f"lifelong@{version}"
             if on_start is not None:
                 on_start(served)
-            results = generate_choices(
+            results = self._generate(version, prompts, params, top_logprobs, on_delta, cancel)
+            return results, served
+
+    def _generate(
+        self,
+        version: int | None,
+        prompts: list[str],
+        params: GenerationParams,
+        top_logprobs: int | None,
+        on_delta: OnDelta | None,
+        cancel: threading.Event | None,
+    ) -> list[Generated]:
+        """Decode with ``version`` (loaded; None: the base model), under ``_lock``."""
+        from server.generation import generate_choices
+
+        def run(model: Any) -> list[Generated]:
+            return generate_choices(
                 model,
                 self.tokenizer,
                 prompts,
@@ -301,19 +327,15 @@ class InferenceEngine:
                 on_delta=on_delta,
                 cancel=cancel,
             )
-            return results, served
 
-        with self._lock:
-            assert self._model is not None and self.tokenizer is not None
-            if version is None:
-                if self._peft is None:
-                    return run(self._model, "base")
-                with self._peft.disable_adapter():
-                    return run(self._peft, "base")
-            name = self._ensure_loaded(version, path)
-            assert self._peft is not None
-            self._peft.set_adapter(name)
-            return run(self._peft, f"lifelong@{version}")
+        if version is None:
+            if self._peft is None:
+                return run(self._model)
+            with self._peft.disable_adapter():
+                return run(self._peft)
+        assert self._peft is not None
+        self._peft.set_adapter(self._loaded[version])
+        return run(self._peft)
 
     def check_model(self, model_name: str, admin: bool = False) -> Path | None:
         """The verified files of a named version (None for ``lifelong`` and ``base``).

@@ -7,6 +7,7 @@ dataclasses that each component takes (for example :class:`learner.store.ingest.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,16 @@ class LimitSettings(BaseModel):
         )
 
 
+class VllmSettings(BaseModel):
+    """The vLLM backend's engine settings (``LIFELONG_VLLM__...``)."""
+
+    # Adapter versions vLLM holds at once (the active one is never unloaded).
+    max_loras: int = Field(default=4, ge=1)
+    # 0: the learner's LoRA rank (LIFELONG_LEARNER__LORA__R).
+    max_lora_rank: int = Field(default=0, ge=0)
+    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
+
+
 class Settings(BaseSettings):
     """Everything configurable about one service instance (DESIGN section 10)."""
 
@@ -78,6 +89,10 @@ class Settings(BaseSettings):
     preload_model: bool = False
     # CPU threads for serving completions (the learner process uses the other cores).
     inference_threads: int = Field(default=1, ge=1)
+    # Who decodes completions: transformers (default, CPU or GPU) or vllm (the optional
+    # extra `lifelong[vllm]`, CUDA only; server/vllm_backend.py).
+    serving_backend: Literal["transformers", "vllm"] = "transformers"
+    vllm: VllmSettings = VllmSettings()
     limits: LimitSettings = LimitSettings()
     learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()

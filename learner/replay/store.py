@@ -313,6 +313,13 @@ class ReplayStore:
         b0 = self.config.beta
         return b0 + (1.0 - b0) * min(1.0, self._step / self.config.beta_steps)
 
+    def text_cache_stats(self) -> dict[str, int | bool]:
+        """How many examples' texts the cache holds, its bytes, and whether it is full
+        (draws of ids it lacks read their texts from SQL)."""
+        with self._lock:
+            texts = self._texts
+            return {"examples": len(texts), "bytes": texts.nbytes, "full": texts.full}
+
     @property
     def index_nbytes(self) -> int:
         """Memory of the in-memory index (its numpy arrays)."""

@@ -49,7 +49,6 @@ import torch
 import torch.distributed as dist
 
 from learner.config import LearnerConfig
-from learner.modeling import encode_examples, per_example_loss
 from learner.training.step import Trainer
 
 log = logging.getLogger(__name__)
@@ -263,13 +262,13 @@ class DistributedTrainer(Trainer):
         slice's losses ``[b]`` and tokens. An empty slice (``total < world``) adds nothing."""
         if not examples:
             return torch.zeros(0, device=self.device), 0
-        encoded = encode_examples(self.tokenizer, examples, self.config.max_length).to(self.device)
-        losses = per_example_loss(self.model, encoded)  # (b,)
+        encoded, tokens = self.encode(examples)
+        losses = self.losses(encoded)  # (b,)
         w = torch.as_tensor(weights, device=self.device)  # (b,)
         # Summed over the ranks this is mean(w * losses) over the whole batch, the loss of
         # Trainer.step (importance weights undo the prioritized draw's bias).
         ((w * losses).sum() / total).backward()
-        return losses.detach(), int(encoded.attention_mask.sum())
+        return losses.detach(), tokens
 
     def _all_reduce_gradients(
         self, losses: torch.Tensor, tokens: int, total: int

@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
 from learner.config import LearnerConfig
-from learner.modeling import encode_examples, load_base, per_example_loss
+from learner.modeling import EncodedBatch, encode_examples, load_base, per_example_loss
 
 
 def lora_config(config: LearnerConfig) -> LoraConfig:
@@ -45,7 +45,29 @@ class Trainer:
         self._initial = {k: v.clone() for k, v in get_peft_model_state_dict(self.model).items()}
         self.optimizer = self._new_optimizer()
         self.tokens_per_second = 0.0
+        # On CUDA: bf16 autocast (the weights and AdamW stay float32, so LoRA's small
+        # updates are not rounded away) and batch widths padded to multiples of 8.
+        cuda = device.type == "cuda"
+        self.autocast = cuda and config.bf16 and torch.cuda.is_bf16_supported()
+        self.pad_multiple = 8 if cuda else 1
         self.model.train()
+
+    def encode(self, examples: list[tuple[str, str]]) -> tuple[EncodedBatch, int]:
+        """The batch on the device, and its token count (taken on the host: no sync)."""
+        encoded = encode_examples(
+            self.tokenizer, examples, self.config.max_length, self.pad_multiple
+        )
+        tokens = int(encoded.attention_mask.sum())
+        pinned = self.device.type == "cuda"
+        if pinned:  # a pinned host copy lets the transfer overlap the step before it
+            encoded = EncodedBatch(*(t.pin_memory() for t in (
+                encoded.input_ids, encoded.attention_mask, encoded.labels)))  # fmt: skip
+        return encoded.to(self.device, non_blocking=pinned), tokens
+
+    def losses(self, encoded: EncodedBatch) -> torch.Tensor:
+        """Per-example losses ``[B]`` (float32), under bf16 autocast on CUDA."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return per_example_loss(self.model, encoded)
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         self.fresh_steps = 0  # steps since this optimizer was made: the warm-up position
@@ -62,8 +84,8 @@ class Trainer:
         Returns the per-example losses ``[B]`` and the number of tokens in the batch.
         """
         started = time.perf_counter()
-        encoded = encode_examples(self.tokenizer, examples, self.config.max_length).to(self.device)
-        losses = per_example_loss(self.model, encoded)  # (B,)
+        encoded, tokens = self.encode(examples)
+        losses = self.losses(encoded)  # (B,)
         w = torch.as_tensor(weights, device=self.device)  # (B,); anchors: anchor_weight
         # Prioritized replay draws high-loss items more often; the importance weights undo
         # that bias in the gradient (Schaul et al. 2015).
@@ -77,7 +99,7 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        tokens = int(encoded.attention_mask.sum())
+        # The one host sync of the step: the caller needs the losses (replay priorities).
         elapsed = max(time.perf_counter() - started, 1e-9)
         self.tokens_per_second = 0.9 * self.tokens_per_second + 0.1 * tokens / elapsed
         return losses.detach().cpu().numpy(), tokens
