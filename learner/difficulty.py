@@ -7,7 +7,8 @@ Members:
 - the base model, and for ``builtin:<preset>`` its bootstrap checkpoints (weaker stages of
   the same model): ``LocalMember``;
 - any local Hugging Face model directory: ``LocalMember``;
-- any OpenAI-compatible endpoint, ``openai:<model>@<base url>``: ``EndpointMember``.
+- any OpenAI-compatible endpoint, ``openai:<model>@<base url>``: ``EndpointMember``;
+- a local model directory through vLLM (GPU), ``vllm:<dir>``: ``learner.vllm_member``.
 
 ``DifficultyScorer`` runs in a background thread of the learner process: it answers new
 examples in batches, stores the answers (``difficulty_scores``) and refits the IRT model
@@ -51,6 +52,7 @@ from teacher.difficulty import fit_irt, likelihood_responses
 
 log = logging.getLogger(__name__)
 OPENAI_PREFIX = "openai:"
+VLLM_PREFIX = "vllm:"  # a local model directory scored through vLLM (learner.vllm_member)
 
 
 class Member(Protocol):
@@ -190,7 +192,12 @@ def build_members(config: DifficultyConfig, ctx: EnsembleContext) -> list[Member
         for ck in builtin_checkpoints(ctx.model_dir):
             members.append(local(f"{ctx.model_dir.parent.name}/{ck.name}", ck))
     for spec in config.members:
-        if spec.startswith(OPENAI_PREFIX):
+        if spec.startswith(VLLM_PREFIX):
+            from learner.vllm_member import VllmMember
+
+            path = Path(spec.removeprefix(VLLM_PREFIX)).expanduser().resolve()
+            members.append(VllmMember(spec, path, config.max_new_tokens))
+        elif spec.startswith(OPENAI_PREFIX):
             model, url = parse_endpoint(spec)
             members.append(
                 EndpointMember(

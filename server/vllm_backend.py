@@ -17,8 +17,8 @@ What differs from the transformers backend: a streamed completion arrives as one
 (vLLM's offline ``LLM`` returns finished outputs), and ``cancel`` takes effect between
 requests, not between tokens.
 
-:func:`target_logprobs` scores (prompt, target) pairs through the same engine (vLLM's
-``prompt_logprobs``): what the difficulty ensemble needs from a member.
+The difficulty ensemble scores through vLLM too: ``vllm:<model dir>`` members
+(:mod:`learner.vllm_member`).
 """
 
 from __future__ import annotations
@@ -249,24 +249,3 @@ class VllmEngine(InferenceEngine):
         if self._llm is None:
             return None
         return int(self._llm.llm_engine.model_config.max_model_len)
-
-
-def target_logprobs(llm: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
-    """Sum of the log probabilities of each target's tokens after its prompt, by vLLM's
-    ``prompt_logprobs`` (the prompt's tokens are scored as the prompt of a 1-token
-    request): a difficulty-ensemble member's target log-likelihoods."""
-    from vllm import SamplingParams
-
-    tokenizer = llm.get_tokenizer()
-    sampling = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-    texts, starts = [], []
-    for prompt, target in pairs:
-        starts.append(len(tokenizer(prompt)["input_ids"]))
-        texts.append(prompt + target)
-    outputs = llm.generate(texts, sampling, use_tqdm=False)
-    totals = []
-    for output, start in zip(outputs, starts, strict=True):
-        ids = output.prompt_token_ids
-        scored = output.prompt_logprobs  # one dict per prompt token (None for the first)
-        totals.append(float(sum(scored[i][ids[i]].logprob for i in range(max(start, 1), len(ids)))))
-    return totals
