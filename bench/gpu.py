@@ -4,8 +4,9 @@ No weights can be downloaded, so the model is a Llama-shaped causal LM initialis
 config (random weights: the speed of a step does not depend on what the weights know) and
 saved locally with the builtin tokenizer; preset ``0.5b`` has about 0.47 B parameters
 (24 layers, hidden 1024, MLP 4096, vocabulary 32,000). Both loops of
-``bench/learner_loop.py`` run on it, on the same batches and device: the bare peft loop,
-then the learner's own loop (replay, teacher, candidates, checkpoints, scorer).
+``bench/learner_loop.py`` run on it, on the same batches and device: the learner's own
+loop (replay, teacher, candidates, checkpoints, scorer), then the bare peft loop on the
+batches it drew.
 
 Model FLOPs per trained token, for LoRA (frozen base): forward ``2 N``, backward through
 the activations ``2 N`` (no weight gradients for the frozen ``N``), plus ``6 N_lora`` for
@@ -144,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     frozen, lora = parameter_counts(model_dir, cfg)
     peak = peak_flops(args.device, args.peak_tflops)
     buckets = load_examples(cfg.examples)
-    texts = [t for rows in buckets.values() for t in rows]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"bare peft": bare_loop(cfg, model_dir, texts),
-                "full learner loop": full_loop(cfg, model_dir, Path(tmp), buckets)}  # fmt: skip
+        full = full_loop(cfg, model_dir, Path(tmp), buckets)
+    # The bare loop trains on the very batches the full loop drew.
+    runs = {"bare peft": bare_loop(cfg, model_dir, full.pop("batches")), "full learner loop": full}
     for run in runs.values():
         run["mfu"] = mfu(run, frozen, lora, peak)
     report = {

@@ -1,18 +1,17 @@
 """Learner overhead: tokens/s of the full learner loop against a bare peft training loop.
 
 DESIGN section 12: the full loop's tokens/s must be at least 90% of a bare peft loop's on
-the same model, batch and device. Both run in the same process, one after the other
-(bare, full, bare: the two bare runs bracket the full one, so a machine that got busier
-or quieter meanwhile shows as a spread between them):
+the same model, batch and device. Both run in the same process: the full loop first,
+recording every batch it trains on, then the bare loop twice on exactly those batches (the
+two bare runs show how steady the machine was):
 
-- bare: ``get_peft_model`` on the base model, AdamW, and per step: encode a batch of
-  (prompt, target) pairs drawn at random from the same examples, the per-example loss,
-  backward, clip, step. Nothing else.
 - full: :class:`learner.worker.Learner` on a SQLite (or PostgreSQL) database holding the
-  same examples in task buckets plus the alignment suite: the lease, polling, the replay
+  examples in task buckets plus the alignment suite: the lease, polling, the replay
   store (prioritized draws, priority write-behind), the teacher's rounds and round-end
   evaluations, the harm watch, candidates (saved, evaluated, gated) and checkpoints, and
   the difficulty scorer thread, with the service's defaults except where noted below.
+- bare: ``get_peft_model`` on the base model, AdamW, and per recorded batch: encode it as
+  one padded batch, the per-example loss, backward, clip, step. Nothing else.
 
 tokens/s = trained tokens (attention mask sum, as the learner counts them) / wall time of
 the loop (model loading excluded from both). The full loop's time is also broken down by
@@ -30,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import threading
@@ -92,8 +90,11 @@ def load_examples(n: int) -> dict[str, list[tuple[str, str]]]:
 # --- the bare loop ----------------------------------------------------------------------
 
 
-def bare_loop(cfg: BenchConfig, model_dir: Path, texts: list[tuple[str, str]]) -> dict[str, Any]:
-    """A plain peft training loop on ``texts``: tokens/s over the timed steps."""
+Batch = list[tuple[str, str]]
+
+
+def bare_loop(cfg: BenchConfig, model_dir: Path, batches: list[Batch]) -> dict[str, Any]:
+    """A plain peft training loop over ``batches``: tokens/s over the timed steps."""
     config = learner_config(cfg)
     device = pick_device(cfg.device)
     torch.manual_seed(0)
@@ -103,21 +104,19 @@ def bare_loop(cfg: BenchConfig, model_dir: Path, texts: list[tuple[str, str]]) -
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
     )
-    rng = random.Random(0)
-    weights = torch.ones(cfg.batch_size, device=device)
+
     # The same precision and padding as the learner's step on this device.
     cuda = device.type == "cuda"
     bf16 = cuda and config.bf16 and torch.cuda.is_bf16_supported()
     tokens = 0
     start = time.perf_counter()
-    for _ in range(cfg.steps):
-        batch = [texts[rng.randrange(len(texts))] for _ in range(cfg.batch_size)]
+    for batch in batches:
         encoded = encode_examples(tokenizer, batch, config.max_length, 8 if cuda else 1)
         tokens += int(encoded.attention_mask.sum())
         encoded = encoded.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             losses = per_example_loss(model, encoded)
-        loss = (weights * losses).mean()
+        loss = losses.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -176,7 +175,8 @@ class PartTimer:
 
 def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
               buckets: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:  # fmt: skip
-    """The learner's own loop (``Learner.tick``) for ``cfg.steps`` steps."""
+    """The learner's own loop (``Learner.tick``) for ``cfg.steps`` steps; the result's
+    ``batches`` are the batches it trained on, in order."""
     url = cfg.database_url or f"sqlite:///{work / 'learner-bench.db'}"
     engine = make_engine(url)
     upgrade(engine)
@@ -195,6 +195,14 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
     learner.setup()
     learner.lease.keep(force=True)
     learner.start_scorer()
+    batches: list[Batch] = []
+    step = learner.trainer.step
+
+    def recording_step(examples: Batch, weights: np.ndarray) -> Any:
+        batches.append(list(examples))
+        return step(examples, weights)
+
+    learner.trainer.step = recording_step  # type: ignore[method-assign]
     timer = PartTimer()
     timer.wrap(learner.trainer, "step", "train step")
     timer.wrap(learner.batches, "batch", "batch composition")
@@ -225,7 +233,8 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
     parts["other"] = round(wall - sum(timer.seconds.values()) - idle, 3)
     tokens = learner.state.tokens_seen
     return {"tokens": tokens, "wall_s": wall, "tokens_per_s": tokens / wall, "parts_s": parts,
-            "calls": dict(timer.calls), "last_verdict": learner.state.last_verdict}  # fmt: skip
+            "calls": dict(timer.calls), "last_verdict": learner.state.last_verdict,
+            "batches": batches}  # fmt: skip
 
 
 # --- report -----------------------------------------------------------------------------
@@ -247,7 +256,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         "|---|---:|---:|---:|",
     ]
     for i, run in enumerate(bare):
-        lines.append(f"| bare peft ({'before' if i == 0 else 'after'}) | {run['tokens']:,} | "
+        lines.append(f"| bare peft (run {i + 1}) | {run['tokens']:,} | "
                      f"{run['wall_s']:.1f} | {run['tokens_per_s']:,.0f} |")  # fmt: skip
     lines.append(f"| full learner loop | {full['tokens']:,} | {full['wall_s']:.1f} | "
                  f"{full['tokens_per_s']:,.0f} |")  # fmt: skip
@@ -281,11 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         preset = replace(BuiltinConfig.preset(cfg.model), num_threads=cfg.threads)
         model_dir = ensure_builtin_model(args.cache, preset, progress=False)
     buckets = load_examples(cfg.examples)
-    texts = [t for rows in buckets.values() for t in rows]
     with tempfile.TemporaryDirectory() as tmp:
-        bare = [bare_loop(cfg, model_dir, texts)]
         full = full_loop(cfg, model_dir, Path(tmp), buckets)
-        bare.append(bare_loop(cfg, model_dir, texts))
+    batches = full.pop("batches")
+    bare = [bare_loop(cfg, model_dir, batches) for _ in range(2)]
     bare_mean = float(np.mean([b["tokens_per_s"] for b in bare]))
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

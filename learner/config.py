@@ -77,6 +77,9 @@ class LearnerConfig:
     background_candidates: bool = False
     # On CUDA (where supported): train under bf16 autocast; float32 everywhere else.
     bf16: bool = True
+    # On a CPU, at most this many micro-batches of similar length per step (1: one
+    # padded batch); see learner.training.grouping.
+    length_groups: int = 4
     checkpoint_every: int = 50
     # Shares of a batch: the focus bucket, alignment anchors, and (the rest) prioritized
     # replay across all buckets.
@@ -109,6 +112,7 @@ class LearnerConfig:
             "learning_rate",
             "batch_size",
             "max_length",
+            "length_groups",
             "candidate_every",
             "checkpoint_every",
             "max_new_tokens",

@@ -75,16 +75,32 @@ def encode_examples(
 
     ``pad_to_multiple_of``: the batch's width is rounded up to a multiple of it (8 on CUDA:
     matrix shapes that fit the tensor cores' tiles)."""
-    rows: list[tuple[list[int], list[int]]] = []
+    rows = tokenize_examples(tokenizer, examples, max_length)
+    return pad_rows(rows, tokenizer.pad_token_id, pad_to_multiple_of)
+
+
+TokenRow = tuple[list[int], list[int]]  # (prompt ids, target ids + EOS)
+
+
+def tokenize_examples(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[tuple[str, str]], max_length: int
+) -> list[TokenRow]:
+    """Token ids of (prompt, target) pairs, at most ``max_length`` together: over-long
+    ones lose the start of the prompt (the target and the EOS after it are kept)."""
+    rows: list[TokenRow] = []
     for prompt, target in examples:
         p = prompt_ids(tokenizer, prompt)
         t = list(tokenizer(target, add_special_tokens=False)["input_ids"])
         t.append(tokenizer.eos_token_id)
         keep = max(max_length - len(t), 1)
         rows.append((p[-keep:], t[: max_length - 1]))
+    return rows
+
+
+def pad_rows(rows: Sequence[TokenRow], pad: int, pad_to_multiple_of: int = 1) -> EncodedBatch:
+    """Right-padded ids, mask and labels ``(B, T)`` of tokenized rows."""
     width = max(len(p) + len(t) for p, t in rows)
     width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    pad = tokenizer.pad_token_id
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
