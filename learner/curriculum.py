@@ -67,6 +67,13 @@ class Curriculum:
 
     # --- rounds -------------------------------------------------------------------------
 
+    def weights_replaced(self, why: str) -> None:
+        """The learner continues from other weights (a reset after rejections, a rollback
+        or promotion by someone else): the harm watch's baseline and the policy's stall
+        evidence describe the old ones."""
+        self.harm.forget_baseline()
+        self.policy.weights_replaced(why)
+
     def allowed(self, arms: list[str]) -> list[str]:
         """The arms that may be a focus: all but the quarantined ones."""
         return [a for a in arms if a not in self.harm.quarantined]

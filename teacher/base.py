@@ -133,6 +133,10 @@ class Policy:
         """Something outside the policy's evidence makes the arm worth trying again (for
         example, a release from quarantine); policies that give up on arms reconsider."""
 
+    def weights_replaced(self, why: str) -> None:
+        """The learner's weights were replaced (reset, rollback): evidence about giving up
+        on arms was gathered on other weights; policies that give up on arms start over."""
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -144,6 +144,14 @@ class StallTracker:
         self.losses.pop(arm, None)
         return why
 
+    def restart_all(self, why: str) -> None:
+        """The model's weights were replaced (a reset to the active version, a rollback):
+        what was seen of every arm described other weights. Every arm wakes with a fresh
+        patience budget and no best accuracy to have "forgotten" from."""
+        for arm in set(self.since) | set(self.losses) | set(self.stalled):
+            self.wake(arm, why)
+        self.best.clear()
+
     def wake(self, arm: str, why: str) -> None:
         """The arm may be worth training again: it gets a fresh patience budget."""
         self.woken[arm] = why

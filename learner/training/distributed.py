@@ -248,7 +248,7 @@ class DistributedTrainer(Trainer):
             examples[rank::world], weights[rank::world], len(examples)
         )
         losses, tokens = self._all_reduce_gradients(mine, tokens, len(examples))
-        self._apply_update()
+        self._apply_update()  # Trainer's: same gradients in, same adapter out
         if command["check"]:
             self._check_in_sync()
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -299,17 +299,6 @@ class DistributedTrainer(Trainer):
             p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
             offset += p.numel()
         return flat[offset : offset + total].cpu().numpy(), int(flat[-1].item())
-
-    def _apply_update(self) -> None:
-        """Warm-up lr, clipping and the AdamW step, exactly as in ``Trainer.step`` (the
-        distributed test compares the two). Same gradients in, same adapter out."""
-        self.fresh_steps += 1
-        warmup = self.config.warmup_steps
-        scale = min(1.0, self.fresh_steps / warmup) if warmup else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.learning_rate * scale
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
 
     def run_sync(self, check_base: bool = False) -> None:
         """Rank 0's adapter weights, optimizer state and warm-up position, to every rank.

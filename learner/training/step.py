@@ -123,16 +123,21 @@ class Trainer:
             # the losses for the replay priorities.
             losses[group] = part.detach().cpu().numpy()
             tokens += n
-        self.fresh_steps += 1
-        warmup = self.config.warmup_steps
-        scale = min(1.0, self.fresh_steps / warmup) if warmup else 1.0
-        for param_group in self.optimizer.param_groups:
-            param_group["lr"] = self.config.learning_rate * scale
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        self._apply_update()
         elapsed = max(time.perf_counter() - started, 1e-9)
         self.tokens_per_second = 0.9 * self.tokens_per_second + 0.1 * tokens / elapsed
         return losses, tokens
+
+    def _apply_update(self) -> None:
+        """The update from the accumulated gradients: warm-up learning rate (linear over
+        ``warmup_steps`` after a fresh optimizer), clipping to norm 1, the AdamW step."""
+        self.fresh_steps += 1
+        warmup = self.config.warmup_steps
+        scale = min(1.0, self.fresh_steps / warmup) if warmup else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.learning_rate * scale
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
 
     def load_version(self, path: Path | None) -> None:
         """Continue from a saved version's weights (None: the base model, a fresh adapter).

@@ -231,7 +231,7 @@ class Learner:
             self.paused = control.is_paused(conn)
             self.batches.poll(conn)
             if self.lineage.follow(conn):
-                self.curriculum.harm.forget_baseline()
+                self.curriculum.weights_replaced("the weights followed the registry")
         if pending:
             with write_transaction(self.engine) as conn:
                 control.acknowledge_pending(conn, "applied")
@@ -356,7 +356,7 @@ class Learner:
         self.state.last_verdict = outcome.verdict
         self.rounds.observe_reevaluation(outcome, self.batches.buckets)
         if self.lineage.after_candidate(outcome):
-            self.curriculum.harm.forget_baseline()
+            self.curriculum.weights_replaced("the weights were reset after rejections")
 
     # --- the teacher's difficulty scorer -------------------------------------------------
 

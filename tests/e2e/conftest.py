@@ -95,13 +95,7 @@ class LiveServer:
         self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0
     ) -> Any:
         """Poll ``predicate`` until it returns something truthy, which is returned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return poll_until(predicate, timeout, what, interval)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM and wait; SIGKILL the whole process group if it does not exit in time."""
@@ -116,6 +110,25 @@ class LiveServer:
         _kill_group(self.proc.pid)
         self.stopped_rc = self.proc.returncode
         return self.proc.returncode
+
+
+def poll_until(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 1.0,
+    logs: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy, which is returned; on timeout
+    the error says what was awaited (and ``logs()``, if given)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    detail = f"\n{logs()}" if logs is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
 
 
 def _kill_group(pgid: int) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import poll_until
 from sqlalchemy import func, select
 
 from learner.store.db import make_engine
@@ -135,14 +136,7 @@ def start_learner(tmp_path: Path) -> Iterator[Callable[[Path, str, str], Learner
 def wait_for(
     predicate: Callable[[], Any], timeout: float, what: str, logs: Callable[[], str]
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy, which is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{logs()}")
+    return poll_until(predicate, timeout, what, interval=0.2, logs=logs)
 
 
 def trained_per_bucket(database_url: str) -> dict[str, int]:

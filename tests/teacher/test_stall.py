@@ -170,3 +170,38 @@ def test_config_validation() -> None:
         StallConfig(explore=1.5)
     with pytest.raises(TypeError):
         LpZpdConfig(stall={"no_such_field": 1})
+
+
+def _reset_midway(restart: bool) -> StallTracker:
+    """Four evaluations with a falling held-out loss, a reset of the weights (the loss is
+    back up), then seven more falling steadily: a bucket that is being learned."""
+    tracker = StallTracker()
+    for loss in (1.20, 1.15, 1.10, 1.05):
+        tracker.observe("learn", 0.2, p=0.5, mastery=0.9, loss=loss)
+    if restart:
+        tracker.restart_all("the weights were reset")
+    for loss in (1.20, 1.15, 1.10, 1.05, 1.00, 0.95, 0.90):
+        tracker.observe("learn", 0.2, p=0.5, mastery=0.9, loss=loss)
+    return tracker
+
+
+def test_a_reset_of_the_weights_restarts_every_patience_window() -> None:
+    """Evaluations of abandoned weights and of the reset ones in one window look like no
+    progress (a learnable bucket stalled so in the service); after ``restart_all`` the
+    window holds only the new weights' evaluations."""
+    assert _reset_midway(restart=False).is_stalled("learn")  # what happened before
+    tracker = _reset_midway(restart=True)
+    assert not tracker.is_stalled("learn")
+    assert tracker.woken["learn"] == "the weights were reset"
+
+
+def test_weights_replaced_wakes_stalled_arms_and_forgets_best_accuracies() -> None:
+    rng = np.random.default_rng(0)
+    learner = Learner(rng, {"noise": "noise", "learn": "fast"})
+    policy = LpZpd()
+    run(policy, learner, rng, 40)
+    assert policy.stalls.is_stalled("noise") and policy.stalls.best["learn"] > 0.5
+    policy.weights_replaced("rollback to v3")
+    assert not policy.stalls.is_stalled("noise")
+    assert policy.stalls.best == {}  # a lower accuracy now is not "forgetting"
+    assert policy.stalls.woken["noise"] == "rollback to v3"
