@@ -134,8 +134,8 @@ class Policy:
         example, a release from quarantine); policies that give up on arms reconsider."""
 
     def weights_replaced(self, why: str) -> None:
-        """The learner's weights were replaced (reset, rollback): evidence about giving up
-        on arms was gathered on other weights; policies that give up on arms start over."""
+        """The learner's weights were replaced (reset, rollback): policies that give up on
+        arms judge the progress seen on the abandoned weights (see ``teacher.stall``)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {

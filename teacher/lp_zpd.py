@@ -94,9 +94,7 @@ class LpZpd(Policy):
         self.stalls.wake(arm, why)
 
     def weights_replaced(self, why: str) -> None:
-        # Without this, evaluations of the abandoned weights and the (lower) ones after a
-        # reset share one patience window, and a learnable bucket stalls for the reset.
-        self.stalls.restart_all(why)
+        self.stalls.restart_progressing(why)
 
     def _p(self, arm: str) -> float:
         return predicted_accuracy(self.theta, self.difficulty.get(arm))

@@ -144,13 +144,26 @@ class StallTracker:
         self.losses.pop(arm, None)
         return why
 
-    def restart_all(self, why: str) -> None:
-        """The model's weights were replaced (a reset to the active version, a rollback):
-        what was seen of every arm described other weights. Every arm wakes with a fresh
-        patience budget and no best accuracy to have "forgotten" from."""
-        for arm in set(self.since) | set(self.losses) | set(self.stalled):
-            self.wake(arm, why)
-        self.best.clear()
+    def restart_progressing(self, why: str) -> list[str]:
+        """The model's weights were replaced (a reset to the active version, a rollback).
+
+        An arm that was making progress on the abandoned weights is learnable, but its next
+        evaluations (on the replaced weights) fall back: in one window with the earlier
+        ones they look like no progress, and a learnable bucket stalled so in the service.
+        Such arms restart their window (and their best accuracy). Arms without progress
+        keep theirs: restarting every window at every reset kept a noise bucket from ever
+        stalling when resets came every few rounds. Returns the restarted arms."""
+        cfg = self.config
+        restarted = []
+        for arm, history in list(self.since.items()):
+            if arm in self.stalled or len(history) < 2:
+                continue
+            gain = max(history) - history[0]
+            if gain >= cfg.min_gain or _loss_fall(self.losses.get(arm, [])) >= cfg.min_loss_gain:
+                self.wake(arm, why)
+                self.best.pop(arm, None)
+                restarted.append(arm)
+        return restarted
 
     def wake(self, arm: str, why: str) -> None:
         """The arm may be worth training again: it gets a fresh patience budget."""
