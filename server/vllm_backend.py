@@ -178,7 +178,6 @@ class VllmEngine(InferenceEngine):
         self.gpu_memory_utilization = gpu_memory_utilization
         self.slots = LoraSlots(capacity=max_loras)
         self._llm: Any = None
-        self._decode_lock = threading.Lock()
 
     def _load_model(self, model_dir: Path) -> tuple[Any, Any]:
         from vllm import LLM
