@@ -63,7 +63,8 @@ class Member(Protocol):
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]: ...
 
 
-def _by_grader(items: Sequence[PendingExample]) -> dict[str, list[PendingExample]]:
+def group_by_grader(items: Sequence[PendingExample]) -> dict[str, list[PendingExample]]:
+    """Examples by their bucket's grader (each member answers a grader's group together)."""
     groups: dict[str, list[PendingExample]] = defaultdict(list)
     for item in items:
         groups[item.grader].append(item)
@@ -98,7 +99,7 @@ class LocalMember:
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
         model, tokenizer = self._model()
         out = []
-        for grader, group in _by_grader(items).items():
+        for grader, group in group_by_grader(items).items():
             pairs = [(i.prompt, i.target) for i in group]
             correct = answers_correct(model, tokenizer, pairs, grader, self.max_new_tokens)
             encoded = encode_examples(tokenizer, pairs, self.max_length).to(self.device)
@@ -150,7 +151,7 @@ class EndpointMember:
 
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
         out = []
-        for grader, group in _by_grader(items).items():
+        for grader, group in group_by_grader(items).items():
             grade = get_grader(grader)
             # As for local members: a little longer than the longest target (in characters,
             # an upper bound on tokens for common tokenizers), so a rambling answer is cut.

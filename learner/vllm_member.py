@@ -59,13 +59,12 @@ class VllmMember:
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
         from vllm import SamplingParams
 
+        from learner.difficulty import group_by_grader  # it imports this module lazily
+
         llm = self._engine()
         greedy = SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0)
-        by_grader: dict[str, list[PendingExample]] = {}
-        for item in items:
-            by_grader.setdefault(item.grader, []).append(item)
         out = []
-        for grader, group in by_grader.items():
+        for grader, group in group_by_grader(items).items():
             grade = get_grader(grader)
             texts = [o.outputs[0].text for o in
                      llm.generate([i.prompt for i in group], greedy, use_tqdm=False)]  # fmt: skip

@@ -130,7 +130,7 @@ class StallTracker:
             return None
         gain = max(window) - window[0]
         loss_gain = _loss_fall(self.losses.get(arm, [])[-patience:])
-        if gain >= cfg.min_gain or loss_gain >= cfg.min_loss_gain:
+        if self._progressed(gain, loss_gain):
             return None
         why = (
             f"gained {gain:+.2f} accuracy (< {cfg.min_gain:.2f}) in {len(window)} evaluations, "
@@ -144,6 +144,11 @@ class StallTracker:
         self.losses.pop(arm, None)
         return why
 
+    def _progressed(self, accuracy_gain: float, loss_fall: float) -> bool:
+        """Whether a window's accuracy gain or held-out loss fall counts as progress."""
+        cfg = self.config
+        return accuracy_gain >= cfg.min_gain or loss_fall >= cfg.min_loss_gain
+
     def restart_progressing(self, why: str) -> list[str]:
         """The model's weights were replaced (a reset to the active version, a rollback).
 
@@ -153,13 +158,12 @@ class StallTracker:
         Such arms restart their window (and their best accuracy). Arms without progress
         keep theirs: restarting every window at every reset kept a noise bucket from ever
         stalling when resets came every few rounds. Returns the restarted arms."""
-        cfg = self.config
         restarted = []
         for arm, history in list(self.since.items()):
             if arm in self.stalled or len(history) < 2:
                 continue
             gain = max(history) - history[0]
-            if gain >= cfg.min_gain or _loss_fall(self.losses.get(arm, [])) >= cfg.min_loss_gain:
+            if self._progressed(gain, _loss_fall(self.losses.get(arm, []))):
                 self.wake(arm, why)
                 self.best.pop(arm, None)
                 restarted.append(arm)

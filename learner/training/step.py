@@ -28,7 +28,7 @@ from learner.training.grouping import length_groups
 
 # What one more forward/backward call costs on a CPU, in computed (padded) tokens: on the
 # builtin small model, one thread, a call took 3.6 ms + 82 us per token (fit over batches
-# of 2-16 rows x 8-96 tokens on this project's 2-core machine): 44 tokens.
+# of 2-16 rows x 8-96 tokens on this project's 2-core machine): 44 tokens, rounded up.
 GROUP_OVERHEAD_TOKENS = 48
 
 
