@@ -36,6 +36,7 @@ def _list_if_text(value: Any) -> Any:
 # Plain types for Python callers; pydantic (settings at the edge) honours the validators.
 JsonDict = Annotated[dict[str, Any], BeforeValidator(_json_if_text)]
 TextList = Annotated[tuple[str, ...], BeforeValidator(_list_if_text)]
+FloatList = Annotated[tuple[float, ...], BeforeValidator(_list_if_text)]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class LoraSettings:
         _positive(self, "r", "alpha")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("LoraSettings.dropout must be in [0, 1)")
+
+
+ANCHOR_SAMPLING = ("uniform", "priority")
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,14 @@ class LearnerConfig:
     # rejected; at share 0.3 and weight 3, 2 were promoted (+0.06, +0.09 on sort-l1) before
     # the drift showed.
     anchor_weight: float = 3.0
+    # How anchors are drawn: "uniform" over all alignment buckets together (each bucket in
+    # proportion to its size), or "priority" from one alignment bucket chosen at random
+    # per step (the highest-loss anchors, then the 15-example alignment-l1 got a third of
+    # all anchor draws and refusals the model still gave were rarely rehearsed).
+    anchor_sampling: str = "uniform"
+    # Weight of the distillation term: KL(base || model) on the anchors' answer tokens
+    # (learner.training.step.Trainer._group_loss); 0 turns it off (no extra forward pass).
+    distill_weight: float = 0.0
     # Cap on the length of probe answers. Each probe set is answered with its longest target
     # + 2 tokens, up to this cap, so the cap must exceed every target: at 32 the builtin
     # suite's benign answers (up to 40 characters) were cut short and graded wrong under
@@ -128,6 +140,10 @@ class LearnerConfig:
             raise ValueError("LearnerConfig: focus_share in (0, 1], anchor_share in [0, 1)")
         if self.focus_share + self.anchor_share > 1:
             raise ValueError("LearnerConfig: focus_share + anchor_share must be <= 1")
+        if self.anchor_sampling not in ANCHOR_SAMPLING:
+            raise ValueError(f"LearnerConfig.anchor_sampling must be one of {ANCHOR_SAMPLING}")
+        if self.distill_weight < 0:
+            raise ValueError("LearnerConfig.distill_weight must be >= 0")
         if self.num_threads < 0 or self.warmup_steps < 0:
             raise ValueError("LearnerConfig.num_threads and warmup_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:

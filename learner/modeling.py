@@ -114,15 +114,43 @@ def pad_rows(rows: Sequence[TokenRow], pad: int, pad_to_multiple_of: int = 1) ->
 
 def per_example_loss(model: torch.nn.Module, batch: EncodedBatch) -> torch.Tensor:
     """Mean token cross-entropy of each example's target, shape (B,)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return target_loss(batch_logits(model, batch), batch.labels)
+
+
+def batch_logits(model: torch.nn.Module, batch: EncodedBatch) -> torch.Tensor:
+    """The model's logits ``(B, T, V)`` on a batch."""
+    logits: torch.Tensor = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    ).logits
+    return logits
+
+
+def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy of each example's target ``(B,)`` from logits ``(B, T, V)``."""
     # Position t predicts token t+1: drop the last logit and the first label.
     shift_logits = logits[:, :-1, :].float()  # (B, T-1, V)
-    shift_labels = batch.labels[:, 1:]  # (B, T-1)
+    shift_labels = labels[:, 1:]  # (B, T-1)
     token_loss = F.cross_entropy(
         shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="none"
     )  # (B, T-1)
     n_tokens = (shift_labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return token_loss.sum(dim=1) / n_tokens
+
+
+def target_kl(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean per-token KL(reference || model) over each example's target positions, ``(B,)``.
+
+    ``logits`` and ``reference`` are ``(B, T, V)`` on the same tokens. The forward KL of
+    Learning without Forgetting (Li & Hoiem 2016; Hinton et al. 2015 at temperature 1): the
+    model is pulled towards the reference's whole distribution at every answer position,
+    not only towards the one token of the target, so what the reference would have said
+    instead is kept too. Zero when the two distributions are equal.
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions that predict a target token
+    log_p = F.log_softmax(logits[:, :-1, :].float(), dim=-1)  # (B, T-1, V)
+    log_q = F.log_softmax(reference[:, :-1, :].float(), dim=-1)  # (B, T-1, V)
+    per_token = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # (B, T-1)
+    return (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 # Below this, sampling is greedy decoding (its limit as the temperature goes to 0): logits

@@ -151,6 +151,27 @@ def parents(conn: Connection) -> dict[int, int | None]:
     return {r.version: r.parent_version for r in rows}
 
 
+def update_files(conn: Connection, version: int, sha256: str, provenance: dict[str, Any]) -> None:
+    """A version's files were rewritten (a scaled candidate): their hash and provenance."""
+    conn.execute(
+        update(AdapterVersion)
+        .where(AdapterVersion.version == version)
+        .values(sha256=sha256, provenance=provenance)
+    )
+
+
+def add_provenance(conn: Connection, version: int, extra: dict[str, Any]) -> None:
+    """Add entries to a version's recorded provenance (its files stay as they are)."""
+    row = get_version(conn, version)
+    if row is not None:
+        provenance = {**(row.provenance or {}), **extra}
+        conn.execute(
+            update(AdapterVersion)
+            .where(AdapterVersion.version == version)
+            .values(provenance=provenance)
+        )
+
+
 def set_status(
     conn: Connection, version: int, status: str, gate_report: dict[str, Any] | None = None
 ) -> None:

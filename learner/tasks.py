@@ -93,6 +93,12 @@ def _sort(rng: np.random.Generator, level: int) -> tuple[str, str]:
     return f"sort {w}{DELIMITER}", "".join(sorted(w))
 
 
+def _rotate(rng: np.random.Generator, level: int) -> tuple[str, str]:
+    # The first character moves to the end: a new skill for benchmarks (in no bootstrap mix).
+    w = _word(rng, level)
+    return f"rotate {w}{DELIMITER}", w[1:] + w[:1]
+
+
 def _addition(rng: np.random.Generator, level: int) -> tuple[str, str]:
     # Level = digits of the larger operand; the other one has 1..level digits.
     a = _number(rng, level)
@@ -178,6 +184,7 @@ FAMILIES: dict[str, TaskFamily] = {
         TaskFamily("addition", "numeric", _addition, 4, description="add two integers"),
         TaskFamily("comparison", "numeric", _comparison, 4, description="larger of two"),
         TaskFamily("counting", "numeric", _counting, 4, description="count a character"),
+        TaskFamily("rotate", "exact", _rotate, 4, description="move the first character last"),
         TaskFamily(
             "alignment",
             "exact",

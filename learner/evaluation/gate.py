@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from learner.config import TextList
+from learner.config import FloatList, TextList
 from learner.evaluation.metrics import (
     Answers,
     PairedComparison,
@@ -47,6 +47,9 @@ class GateConfig:
     refusals: TextList = ("I can't help with that.",)  # answers that count as a refusal
     eval_max_probes: int = 64  # probes per learned bucket re-evaluated at each candidate
     alignment_max_probes: int = 400  # probes per alignment bucket
+    # Scales of the candidate's LoRA delta tried at candidate time, the largest passing
+    # one is kept (learner.worker.scale_search); (1.0,): no search, the candidate as is.
+    scales: FloatList = (1.0, 0.75, 0.5, 0.25)
 
     def __post_init__(self) -> None:
         for name in ("max_forgetting", "max_nfr", "alignment_tol_abs", "alignment_tol"):
@@ -65,6 +68,11 @@ class GateConfig:
         if isinstance(self.refusals, str):
             raise ValueError("GateConfig.refusals must be a list of answers, not one string")
         object.__setattr__(self, "refusals", tuple(self.refusals))
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales or not all(0.0 < s <= 1.0 for s in self.scales):
+            raise ValueError(f"GateConfig.scales must be in (0, 1], got {self.scales}")
+        if len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"GateConfig.scales must be distinct, got {self.scales}")
         if not self.refusals or not all(r.strip() for r in self.refusals):
             raise ValueError("GateConfig.refusals must be non-empty answers (at least one)")
 

@@ -262,6 +262,27 @@ class PrioritizedIndex:
         prob = mixed_probability(p, owner_totals, cum[-1], n, q, live.size)
         return Draw(self._slot_id[slots], prob, self._size)
 
+    def draw_uniform(self, rng: np.random.Generator, n: int, buckets: list[int]) -> Draw:
+        """``n`` independent draws uniformly over every example of ``buckets`` together,
+        priorities ignored: each bucket contributes in proportion to its size.
+
+        For rehearsal that must cover a whole set (the alignment anchors): a draw by
+        priority keeps returning the few examples with the highest loss, so behaviour the
+        model still gets right is rarely rehearsed, and a small bucket drawn as often as
+        a large one is rehearsed far more per example.
+        """
+        blocks = [b for key in buckets if key in self._bucket_pos
+                  for b in self._buckets[self._bucket_pos[key]].blocks]  # fmt: skip
+        if not blocks:
+            raise ValueError(f"buckets {buckets} have no examples in the index")
+        size = self.tree.block_size
+        slots = (np.asarray(blocks)[:, None] * size + np.arange(size)).ravel()  # [blocks*size]
+        slots = slots[self._slot_id[slots] >= 0]  # the occupied ones
+        if slots.size == 0:
+            raise ValueError(f"buckets {buckets} have no examples in the index")
+        drawn = slots[rng.integers(0, slots.size, size=n)]
+        return Draw(self._slot_id[drawn], np.full(n, 1.0 / slots.size), int(slots.size))
+
     @staticmethod
     def _quota_owners(rng: np.random.Generator, live: Ints, q: int) -> Ints:
         """``q // B`` draws per live bucket, the remainder to distinct random buckets."""

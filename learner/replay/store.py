@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -211,11 +211,36 @@ class ReplayStore:
         weights /= weights.max()
         return Batch(draw.ids, weights.astype(np.float32), examples, draw.probabilities, beta)
 
+    def sample_uniform(self, batch_size: int, buckets: Sequence[str]) -> Batch:
+        """Draw ``batch_size`` train examples uniformly over ``buckets`` together (with
+        replacement, priorities ignored; weights 1). See ``PrioritizedIndex.draw_uniform``."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        with self._lock:
+            self.refresh_if_due()
+            keys = [self._bucket_key(name) for name in buckets]
+            draw, examples = self._draw(
+                batch_size,
+                None,
+                True,
+                lambda: self._index.draw_uniform(self._rng, batch_size, keys),
+            )
+        weights = np.ones(len(draw.ids), dtype=np.float32)
+        return Batch(draw.ids, weights, examples, draw.probabilities, 0.0)
+
     def _draw(
-        self, batch_size: int, key: int | None, with_examples: bool
+        self,
+        batch_size: int,
+        key: int | None,
+        with_examples: bool,
+        draw_ids: Callable[[], Draw] | None = None,
     ) -> tuple[Draw, list[ReplayExample]]:
+        """Draw ids (by priority, or with ``draw_ids``) and read their texts."""
         for _ in range(3):  # an example deleted from SQL meanwhile is dropped, then redrawn
-            draw = self._index.draw(self._rng, batch_size, key, self.config.quota)
+            if draw_ids is None:
+                draw = self._index.draw(self._rng, batch_size, key, self.config.quota)
+            else:
+                draw = draw_ids()
             if not with_examples:
                 return draw, []
             texts, misses = self._texts.get(draw.ids)

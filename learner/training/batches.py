@@ -59,4 +59,5 @@ class BatchSource:
             self.config.focus_share,
             self.config.anchor_share,
             self.config.anchor_weight,
+            self.config.anchor_sampling,
         )

@@ -197,8 +197,15 @@ class DistributedTrainer(Trainer):
 
     # --- rank 0's side -----------------------------------------------------------------
 
-    def step(self, examples: list[tuple[str, str]], weights: np.ndarray) -> tuple[np.ndarray, int]:
-        """One AdamW step on the whole batch, shared by every rank (rank 0 calls it)."""
+    def step(
+        self,
+        examples: list[tuple[str, str]],
+        weights: np.ndarray,
+        distill: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
+        """One AdamW step on the whole batch, shared by every rank (rank 0 calls it).
+
+        Not yet here: the distillation term (``distill`` is ignored; see the README)."""
         self._require_leader("step")
         if not self._synced:
             self.sync()  # a checkpoint may have been restored into rank 0's weights

@@ -18,10 +18,13 @@ from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_mo
 from learner.config import LearnerConfig
 from learner.modeling import (
     EncodedBatch,
+    batch_logits,
     encode_examples,
     load_base,
     pad_rows,
     per_example_loss,
+    target_kl,
+    target_loss,
     tokenize_examples,
 )
 from learner.training.grouping import length_groups
@@ -96,16 +99,25 @@ class Trainer:
             weight_decay=self.config.weight_decay,
         )
 
-    def step(self, examples: list[tuple[str, str]], weights: np.ndarray) -> tuple[np.ndarray, int]:
+    def step(
+        self,
+        examples: list[tuple[str, str]],
+        weights: np.ndarray,
+        distill: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, int]:
         """One AdamW step on the importance-weighted mean loss.
 
-        ``examples``: (prompt, target) pairs; ``weights``: importance weights ``[B]``.
-        Returns the per-example losses ``[B]`` and the number of tokens in the batch.
+        ``examples``: (prompt, target) pairs; ``weights``: importance weights ``[B]``;
+        ``distill``: bool ``[B]``, the rows also pulled towards the base model's token
+        distributions (``distill_weight``, see :meth:`_group_loss`).
+        Returns the per-example losses ``[B]`` (cross-entropy only) and the batch's tokens.
         """
         started = time.perf_counter()
         rows = tokenize_examples(self.tokenizer, examples, self.config.max_length)
         lengths = [len(p) + len(t) for p, t in rows]
         groups = length_groups(lengths, self.max_groups, GROUP_OVERHEAD_TOKENS)
+        if distill is None or self.config.distill_weight <= 0:
+            distill = np.zeros(len(rows), dtype=bool)
         self.optimizer.zero_grad(set_to_none=True)
         losses = np.empty(len(rows), dtype=np.float32)
         tokens = 0
@@ -113,12 +125,11 @@ class Trainer:
             encoded, n = self._to_device(
                 pad_rows([rows[i] for i in group], self.tokenizer.pad_token_id, self.pad_multiple)
             )
-            part = self.losses(encoded)  # (b,)
             w = torch.as_tensor(weights[group], device=self.device)  # (b,); anchors: anchor_weight
-            # Prioritized replay draws high-loss items more often; the importance weights
-            # undo that bias in the gradient (Schaul et al. 2015). Divided by the whole
-            # batch's size, the groups' gradients add up to that of mean(w * loss).
-            ((w * part).sum() / len(rows)).backward()
+            part, objective = self._group_loss(encoded, w, distill[group])
+            # Divided by the whole batch's size, the groups' gradients add up to that of
+            # the batch's mean objective.
+            (objective / len(rows)).backward()
             # The step's host sync (one per group; one group on CUDA): the caller needs
             # the losses for the replay priorities.
             losses[group] = part.detach().cpu().numpy()
@@ -127,6 +138,32 @@ class Trainer:
         elapsed = max(time.perf_counter() - started, 1e-9)
         self.tokens_per_second = 0.9 * self.tokens_per_second + 0.1 * tokens / elapsed
         return losses, tokens
+
+    def _group_loss(
+        self, encoded: EncodedBatch, w: torch.Tensor, distill: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example cross-entropy ``(b,)`` and the group's summed objective.
+
+        Prioritized replay draws high-loss items more often; the importance weights ``w``
+        undo that bias in the gradient (Schaul et al. 2015). Rows marked in ``distill``
+        add ``distill_weight`` x KL(base || model) on their answer positions (Learning
+        without Forgetting, Li & Hoiem 2016): hard targets on a few anchors only say which
+        token to keep; the KL keeps the base's whole distribution there, which is what
+        drifts first when LoRA moves every layer. The base's logits come from the same
+        weights with the adapter disabled, without gradients: one more forward pass over
+        the distilled rows, no second model in memory.
+        """
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            logits = batch_logits(self.model, encoded)  # (b, T, V)
+            part = target_loss(logits, encoded.labels)  # (b,)
+            objective = (w * part).sum()
+            if distill.any():
+                rows = torch.as_tensor(np.flatnonzero(distill), device=self.device)
+                with torch.no_grad(), self.model.disable_adapter():
+                    reference = batch_logits(self.model, _select_rows(encoded, rows))
+                kl = target_kl(logits[rows], reference, encoded.labels[rows])  # (d,)
+                objective = objective + self.config.distill_weight * kl.sum()
+        return part, objective
 
     def _apply_update(self) -> None:
         """The update from the accumulated gradients: warm-up learning rate (linear over
@@ -151,3 +188,8 @@ class Trainer:
         set_peft_model_state_dict(self.model, weights)
         self.optimizer = self._new_optimizer()
         self.model.train()
+
+
+def _select_rows(encoded: EncodedBatch, rows: torch.Tensor) -> EncodedBatch:
+    """The batch restricted to ``rows`` (indices into B)."""
+    return EncodedBatch(encoded.input_ids[rows], encoded.attention_mask[rows], encoded.labels[rows])

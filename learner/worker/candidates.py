@@ -7,8 +7,11 @@
    sha256 (the row becomes a ``candidate``);
 3. gather the gate's evidence (:mod:`learner.worker.evidence`) outside any transaction:
    it takes seconds, and on SQLite a write transaction would hold up ingestion;
-4. run the gate and, in one short fenced transaction, store every new per-probe answer,
-   the verdict and the report, and promote the candidate if it passed;
+4. run the gate, at several scales of the candidate's LoRA delta (the largest passing
+   one is kept, :mod:`learner.worker.scale_search`; a scaled candidate's files are
+   rewritten with the scaled weights) and, in one short fenced transaction, store every
+   new per-probe answer, the verdict, the report and the scale, and promote the
+   candidate if it passed;
 5. prune the files of old rejected and superseded candidates (rows stay, ``retired``).
 """
 
@@ -25,14 +28,20 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from learner import registry
-from learner.evaluation.gate import GateConfig, GateReport, run_gate
+from learner.evaluation.gate import GateConfig
 from learner.evaluation.probes import ProbeAnswer, ProbeSet, answer_probes, load_probe_sets
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
 from learner.store.models import AdapterVersion, Bucket
 from learner.training.replica import EvalReplica
 from learner.training.step import Trainer
-from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
+from learner.worker.evidence import Answerer, Model, References
+from learner.worker.scale_search import (
+    SearchResult,
+    scaled_adapter,
+    search_scale,
+    write_scaled_weights,
+)
 
 log = logging.getLogger(__name__)
 LEARNER_ACTOR = "learner"
@@ -50,6 +59,7 @@ class CandidateOutcome:
     report: dict[str, Any]
     accuracy: dict[str, float]  # the candidate's probe accuracy per evaluated bucket
     answers: dict[int, bool]  # example id -> correct, over every probe it answered
+    scale: float = 1.0  # the scale of the LoRA delta its saved weights hold
 
     @property
     def promoted(self) -> bool:
@@ -148,6 +158,15 @@ class CandidateMaker:
         tokenizer = self.trainer.tokenizer if self.replica is None else self.replica.tokenizer
         return answer_probes(self._model, tokenizer, probes, self.max_new_tokens)
 
+    def _answer_at(self, scale: float) -> Answerer:
+        """The candidate's answers with its LoRA delta multiplied by ``scale``."""
+
+        def run(probes: ProbeSet) -> list[ProbeAnswer]:
+            with scaled_adapter(self._model, scale):
+                return self._answer_current(probes)
+
+        return run
+
     def _answer_base(self, probes: ProbeSet) -> list[ProbeAnswer]:
         with self._model.disable_adapter():
             return self._answer_current(probes)
@@ -224,14 +243,13 @@ class CandidateMaker:
             sets = self._probe_sets(conn, active, trained)
             refs = self._references(conn, active, sets)
             parents = registry.parents(conn)
-        evidence = gather(
-            sets, self._answer_current, refs, active, parents, set(trained), self.gate
-        )
-        report = run_gate(self.gate, evidence.buckets, evidence.alignment, version_name(active))
-        stored = self._record(version, active, step, evidence, report)
+        search = search_scale(sets, self._answer_at, refs, active, parents, set(trained), self.gate)
+        stored = self._record(version, active, step, search)
         verdict = stored["verdict"]
+        evidence = search.evidence
         answers = {a.example_id: a.correct for xs in evidence.candidate.values() for a in xs}
-        outcome = CandidateOutcome(version, verdict, report.to_dict(), evidence.accuracy, answers)
+        scale = search.scale if search.report.verdict == "promote" else 1.0
+        outcome = CandidateOutcome(version, verdict, stored, evidence.accuracy, answers, scale)
         self.prune()
         # The verdict as stored: a promotion can turn into a hold in _record.
         log.info(
@@ -239,22 +257,54 @@ class CandidateMaker:
             version,
             step,
             stored["summary"],
-            extra={"event": "gate", "version": version, "verdict": verdict, "step": step},
+            extra={
+                "event": "gate",
+                "version": version,
+                "verdict": verdict,
+                "step": step,
+                "scale": scale,
+            },
         )
         return outcome
 
+    def _rescale(
+        self, version: int, scale: float, search: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """Rewrite a candidate's files with its delta scaled by ``scale``; the new weights'
+        sha256 and provenance. Atomic: a crash leaves the old or the new directory, and
+        until the registry row has the new hash a crash leaves a candidate whose files
+        fail verification, never a servable broken version."""
+        path = self.data_dir / registry.version_relpath(version)
+        provenance = {**registry.read_provenance(path), "scale": scale, "scale_search": search}
+
+        def fill(tmp: Path) -> None:
+            write_scaled_weights(path, tmp, scale)
+            registry.write_provenance(tmp, provenance)
+
+        write_dir_atomically(path, fill, replace=True)
+        return registry.sha256_file(path / registry.ADAPTER_WEIGHTS), provenance
+
     def _record(
-        self, version: int, active: Model, step: int, evidence: Evidence, report: GateReport
+        self, version: int, active: Model, step: int, search: SearchResult
     ) -> dict[str, Any]:
-        """Store the probe answers and the gate report; the report as stored."""
+        """Store the probe answers, the gate report and the scale; the report as stored."""
+        report, evidence = search.report, search.evidence
         verdict = report.verdict
         data = report.to_dict()
+        data["scale_search"] = search.to_dict()
+        scaled = verdict == "promote" and search.scale != 1.0
+        files = self._rescale(version, search.scale, data["scale_search"]) if scaled else None
         with self.fenced() as conn:
             for bucket_id, answers in evidence.candidate.items():
                 record_results(conn, version, bucket_id, _rows(answers), step)
             for model, by_bucket in evidence.new_reference.items():
                 for bucket_id, answers in by_bucket.items():
                     record_results(conn, model, bucket_id, _rows(answers), step)
+            if files is not None:
+                registry.update_files(conn, version, *files)
+            else:
+                extra = {"scale": 1.0, "scale_search": data["scale_search"]}
+                registry.add_provenance(conn, version, extra)
             if verdict == "promote" and registry.active_version(conn) != active:
                 verdict = "hold"
                 data["summary"] = "kept as candidate: the active version changed meanwhile"

@@ -251,8 +251,8 @@ class Learner:
             self.save_checkpoint()  # what was trained so far, and the teacher's state
             return False
         batch = self.batches.batch(focus)
-        losses, tokens = self.trainer.step([(e.prompt, e.target) for e in batch.examples],
-                                           batch.weights)  # fmt: skip
+        pairs = [(e.prompt, e.target) for e in batch.examples]
+        losses, tokens = self.trainer.step(pairs, batch.weights, distill=batch.anchor)
         self.store.update_priorities(batch.ids, losses)
         self._count(batch.examples, losses, tokens)
         self.lineage.trained_on(self.batches.buckets[focus].id)
@@ -302,7 +302,7 @@ class Learner:
             "examples_seen": st.examples_seen,
             "tokens_seen": st.tokens_seen,
             "data_seen": dict(st.seen_per_bucket),
-            "lora": lora_config(self.config).to_dict(),
+            "lora": _json_safe_lora(lora_config(self.config).to_dict()),
             "learner": self.config.to_dict(),
             "replay": asdict(self.replay_config),
             "gate": asdict(self.gate_config),
@@ -428,3 +428,8 @@ class Learner:
                 snapshot,
                 self.curriculum.config.snapshots_kept,
             )
+
+
+def _json_safe_lora(lora: dict[str, Any]) -> dict[str, Any]:
+    """peft's ``LoraConfig.to_dict`` holds listed target modules as a set: sorted here."""
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in lora.items()}

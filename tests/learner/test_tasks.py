@@ -16,7 +16,8 @@ PRINTABLE = {chr(c) for c in range(32, 127)}
 
 
 def test_registry_has_every_family_with_a_known_grader() -> None:
-    expected = {"copy", "reverse", "sort", "addition", "comparison", "counting", "alignment"}
+    expected = {"copy", "reverse", "sort", "rotate", "addition", "comparison", "counting"}
+    expected |= {"alignment"}
     assert set(tasks.FAMILIES) == expected
     for fam in tasks.FAMILIES.values():
         assert fam.grader in GRADERS
@@ -54,6 +55,8 @@ def _answer(prompt: str) -> str:
         return arg[::-1]
     if op == "sort":
         return "".join(sorted(arg))
+    if op == "rotate":
+        return arg[1:] + arg[0]
     if op == "add":
         a, b = arg.split(" + ")
         return str(int(a) + int(b))
@@ -76,7 +79,7 @@ def test_levels_get_harder() -> None:
     def mean_len(family: str, level: int) -> float:
         return float(np.mean([len(e["prompt"]) for e in tasks.make_examples(family, 100, level)]))
 
-    for family in ("copy", "reverse", "sort", "addition", "comparison", "counting"):
+    for family in ("copy", "reverse", "sort", "rotate", "addition", "comparison", "counting"):
         lengths = [mean_len(family, lvl) for lvl in range(1, 5)]
         assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
 

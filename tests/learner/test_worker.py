@@ -214,6 +214,36 @@ def test_anchors_carry_their_weight_and_the_rest_importance_weights(engine: Engi
     assert others.min() > 0 and others.max() <= 1.0
 
 
+def test_uniform_anchors_cover_every_alignment_bucket_by_size(engine: Engine) -> None:
+    """Anchors are drawn uniformly over all alignment buckets together: a bucket's share
+    follows its size, and every anchor example is drawn alike (priorities ignored)."""
+    submit(engine, "copy-l1", "copy")
+    sizes = {"align-small": 10, "align-big": 90}
+    with write_transaction(engine) as conn:
+        for name, n in sizes.items():
+            examples = [NewExample(f"{name} request {i} =", "ok") for i in range(n)]
+            ingest_batch(conn, name, examples, kind="alignment", probe_tenths=0)
+    store = ReplayStore(engine)
+    try:
+        rng = np.random.default_rng(0)
+        drawn: list[str] = []
+        for _ in range(100):
+            batch = compose_batch(store, rng, "copy-l1", list(sizes), 20, 0.5, 0.5)
+            assert list(batch.anchor) == [False] * 10 + [True] * 10
+            drawn += [e.bucket for e, a in zip(batch.examples, batch.anchor, strict=True) if a]
+        # One high-priority example does not attract the draws.
+        ids, _ = store.probabilities(1, bucket="align-big")
+        store.update_priorities(ids[:1], [1e6])
+        after_update = [compose_batch(store, rng, "copy-l1", list(sizes), 20, 0.5, 0.5)
+                       for _ in range(20)]  # fmt: skip
+    finally:
+        store.close()
+    small_share = drawn.count("align-small") / len(drawn)
+    assert 0.06 < small_share < 0.14, small_share  # 10% of the anchor examples
+    top = sum(int(i) == int(ids[0]) for b in after_update for i in b.ids[b.anchor])
+    assert top < 20, top  # ~2 of 200 draws uniformly; by priority nearly all 200
+
+
 def test_stream_sizes() -> None:
     assert stream_sizes(16, 0.5, 0.2, has_anchor=True) == (8, 3, 5)
     assert stream_sizes(16, 0.5, 0.2, has_anchor=False) == (8, 0, 8)

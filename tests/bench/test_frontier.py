@@ -1,0 +1,78 @@
+"""bench/frontier.py on the micro model for a few CPU seconds, so it cannot silently break,
+and its held-out alignment set: large, deterministic, and disjoint from the builtin suite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from learner import tasks
+from learner.alignment_suite import suite_examples
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+
+import heldout_alignment  # noqa: E402
+
+
+def test_heldout_alignment_is_large_deterministic_and_never_in_the_suite() -> None:
+    examples = heldout_alignment.heldout_alignment()
+    prompts = [e["prompt"] for e in examples]
+    suite = {e["prompt"] for level in (1, 2, 3) for e in suite_examples(level)}
+    assert len(set(prompts)) == len(prompts) >= 1000
+    assert not set(prompts) & suite
+    assert examples == heldout_alignment.heldout_alignment()
+    harmful = [e for e in examples if e["target"] == tasks.REFUSAL]
+    benign = [e for e in examples if e["target"] != tasks.REFUSAL]
+    assert len(harmful) >= 500 and len(benign) >= 500
+    assert all(tasks.is_harmful(e["prompt"]) for e in harmful)
+    assert not any(tasks.is_harmful(e["prompt"]) for e in benign)
+    # Over-refusal is measured: benign lookalikes share words with the harmful requests.
+    lookalikes = [e for e in benign if e["target"] in heldout_alignment.BENIGN_LOOKALIKES.values()]
+    assert len(lookalikes) >= 250
+    words = {w for r in tasks.HARMFUL_REQUESTS for w in r.split() if len(w) > 2}
+    assert all(set(k.split()) & words for k in heldout_alignment.BENIGN_LOOKALIKES)
+    assert all(len(e["prompt"] + e["target"]) <= tasks.MAX_EXAMPLE_CHARS for e in examples)
+    excluded = heldout_alignment.heldout_alignment(exclude=prompts[:10])
+    assert len(excluded) == len(examples) and not set(prompts[:10]) & {
+        e["prompt"] for e in excluded
+    }
+
+
+@pytest.mark.slow
+def test_frontier_benchmark_on_the_micro_model(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    argv = [sys.executable, "bench/frontier.py", "--model", "micro", "--families", "sort"]
+    argv += ["--recipes", "baseline", "--seeds", "1", "--minutes", "0.1", "--marks", "0.05"]
+    argv += ["0.1", "--examples", "60", "--set-learner", "candidate_every=20"]
+    argv += ["--out", str(out), "--cache", str(tmp_path)]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads((out / "frontier.json").read_text())
+    assert data["config"]["recipes"]["baseline"]["learner"]["candidate_every"] == 20
+    assert data["jobs_done"] == data["jobs_total"] == 1
+    assert data["heldout"]["harmful"] + data["heldout"]["benign"] >= 1000
+    (run,) = data["results"]
+    assert (run["recipe"], run["family"], run["seed"]) == ("baseline", "sort", 0)
+    assert [m["mark"] for m in run["marks"]] == [0.05, 0.1]
+    assert all(m["cpu_minutes"] >= m["mark"] and m["step"] > 0 for m in run["marks"])
+    for mark in run["marks"]:
+        assert set(mark["metrics"]) == set(heldout_alignment.METRICS)
+        assert mark["metrics"]["family_base"] is not None
+        assert mark["metrics"]["forgetting_points"] is not None
+    assert run["versions"] and all("scale" in v for v in run["versions"])
+    assert set(run["scores"]["base"]) >= {"family", "refusal", "benign_answer", "foundation"}
+    assert (out / "frontier-reports" / "baseline-sort-s0.json.gz").is_file()
+    assert "| baseline | 0.05 |" in (out / "frontier.md").read_text()
+    assert (out / "frontier-sort.png").stat().st_size > 0
+    # Re-rendering from the json alone gives the same table.
+    again = tmp_path / "again"
+    argv = [sys.executable, "bench/frontier.py", "--results-from", str(out / "frontier.json")]
+    done = subprocess.run([*argv, "--out", str(again)], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (again / "frontier.md").read_text() == (out / "frontier.md").read_text()
