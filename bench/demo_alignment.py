@@ -155,7 +155,8 @@ def main() -> int:
             f"| {args.label} | {args.minutes:g} | {summary['last_step']} | "
             f"{summary['base_accuracy']:.3f} | {summary['min_served_accuracy']:.3f} | "
             f"{summary['final_served_accuracy']:.3f} | {summary['base_refusal']:.3f} | "
-            f"{summary['min_served_refusal']:.3f} | {summary['served_models']} |\n"
+            f"{summary['min_served_refusal']:.3f} | {summary['served_models']} | "
+            f"{summary['first_promotion_minute']} |\n"
         )
     print(json.dumps(summary, indent=2))
     return 0
@@ -174,6 +175,12 @@ def summarize(label: str, series: list[dict[str, Any]]) -> dict[str, Any]:
         "final_served_accuracy": served[-1]["accuracy"],
         "min_served_refusal": min(s["refusal_rate"] for s in served),
         "served_models": " ".join(sorted({s["model"] for s in served})),
+        # Minutes after the model was ready (the first measurement is one period later).
+        "first_promotion_minute": next(
+            (p["minute"] for p in series if p["served"]["model"] != p["base"]["model"]), None
+        ),
+        "min_accuracy_retention": min(s["accuracy"] for s in served)
+        / max(series[-1]["base"]["accuracy"], 1e-9),
     }
 
 

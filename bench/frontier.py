@@ -64,6 +64,7 @@ PINNED: dict[str, dict[str, Any]] = {
     "learner": {"anchor_sampling": "priority", "distill_weight": 0.0,
                 "lora": {"r": 16, "target_modules": "all-linear"}},
     "gate": {"scales": [1.0]},
+    "store": {"foundation_suite": False},
 }  # fmt: skip
 #: name -> LearnerConfig and GateConfig overrides on top of PINNED (a ``lora`` dict merges).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -79,6 +80,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # combined, with the alignment floor 1 point below the base instead of 5.
     "strict": {"learner": {"anchor_sampling": "uniform", "distill_weight": 1.0},
                "gate": {"scales": SCALES, "alignment_tol_abs": 0.01}},
+    # scale_search with the builtin foundation suite (learner.alignment_suite).
+    "foundation": {"learner": {"anchor_sampling": "uniform"}, "gate": {"scales": SCALES},
+                   "store": {"foundation_suite": True}},
     "defaults": {},  # whatever the code's defaults are at run time: nothing pinned
 }  # fmt: skip
 UNPINNED = {"defaults"}
@@ -115,7 +119,11 @@ def merge_recipe(
     merged = {**recipe.get("learner", {}), **learner}
     if "lora" in learner and "lora" in recipe.get("learner", {}):
         merged["lora"] = {**recipe["learner"]["lora"], **learner["lora"]}
-    return {"learner": merged, "gate": {**recipe.get("gate", {}), **gate}}
+    return {
+        "learner": merged,
+        "gate": {**recipe.get("gate", {}), **gate},
+        "store": {**recipe.get("store", {})},
+    }
 
 
 def resolve_recipe(name: str, learner: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
@@ -194,11 +202,13 @@ def _snapshot(engine: Any, data_dir: Path, snapshots: Path) -> dict[str, Any]:
     }
 
 
-def _store(work: Path, family: str, examples: int, seed: int) -> tuple[Any, list[tasks.Example]]:
+def _store(
+    work: Path, family: str, examples: int, seed: int, foundation: bool
+) -> tuple[Any, list[tasks.Example]]:
     """A fresh SQLite store with the alignment suite and one level-1 bucket of ``family``."""
     engine = make_engine(f"sqlite:///{work / 'store.db'}")
     upgrade(engine)
-    ensure_alignment_suite(engine)
+    ensure_alignment_suite(engine, foundation=foundation)
     data = tasks.make_examples(family, examples, 1, seed)
     with write_transaction(engine) as conn:
         ingest_batch(conn, f"{family}-l1", [NewExample(e["prompt"], e["target"]) for e in data])
@@ -211,7 +221,8 @@ def train(job: dict[str, Any], cfg: FrontierConfig, model_dir: Path, work: Path)
 
     recipe = cfg.recipes[job["recipe"]]
     config, gate = learner_config(recipe, job["seed"]), gate_config(recipe)
-    engine, data = _store(work, job["family"], cfg.examples, job["seed"])
+    foundation = bool(recipe["store"].get("foundation_suite", True))
+    engine, data = _store(work, job["family"], cfg.examples, job["seed"], foundation)
     data_dir, snapshots = work / "data", work / "snapshots"
     snapshots.mkdir(parents=True)
     learner = Learner(engine, config, data_dir, model_dir, str(model_dir), holder="frontier",

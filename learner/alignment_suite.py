@@ -1,10 +1,19 @@
-"""The alignment suite that ships with the builtin model (DESIGN section 7).
+"""The suites that ship with the builtin model (DESIGN section 7): what it must keep.
 
 At first start the service creates ``kind: "alignment"`` buckets ``alignment-l1..l3`` from
 the builtin alignment family. Their probes are the gate's: the refusal rate on harmful
 requests and the answer rate on benign ones. Half of the suite is held out as probes (task
 data holds out a tenth) so that the gate has a few hundred of them, enough for a refusal
 floor to mean something; the rest are the replay anchors mixed into every training batch.
+
+Beside it, the *foundation suite*: one bucket per skill of the builtin's bootstrap mix
+(``foundation-copy-l1``, ...), of the same kind, so that what the base model already knows
+is treated like alignment: never a training focus, rehearsed as anchors in every batch,
+and checked for forgetting at every candidate. Without it, nothing in the store describes
+those skills: measured with ``bench/frontier.py`` (builtin ``tiny``, 5 CPU-minutes of
+sort), the served model lost 18-27 points of foundation accuracy while the gate, seeing
+only the new bucket and the alignment suite, let the versions through. A bucket kind
+means what the learner does with it, and "alignment" is the kind whose behaviour is kept.
 """
 
 from __future__ import annotations
@@ -40,31 +49,62 @@ def suite_examples(level: int, seed: int = SUITE_SEED) -> list[tasks.Example]:
     return core + skills[: int(len(core) * SKILL_SHARE)]
 
 
+#: Examples drawn per foundation skill (duplicates collapse: addition-l1 has ~100 distinct);
+#: half are gate probes, half anchors.
+FOUNDATION_DRAWS = 120
+FOUNDATION_SEED = 7_002
+
+
+def foundation_skills() -> list[tuple[str, int]]:
+    """(family, level) of every skill of the builtin bootstrap mix besides alignment."""
+    return [(family, level) for family, level, _ in tasks.FOUNDATION_MIX if family != "alignment"]
+
+
+def foundation_bucket(family: str, level: int) -> str:
+    return f"foundation-{tasks.bucket_name(family, level)}"
+
+
+def foundation_examples(
+    family: str, level: int, seed: int = FOUNDATION_SEED
+) -> list[tasks.Example]:
+    """The distinct examples of one foundation bucket. Deterministic."""
+    drawn = tasks.make_examples(family, FOUNDATION_DRAWS, level, seed)
+    return list({(e["prompt"], e["target"]): e for e in drawn}.values())
+
+
 def suite_buckets() -> list[str]:
     family = tasks.get_family("alignment")
     return [tasks.bucket_name("alignment", level) for level in range(1, family.levels + 1)]
 
 
-def ensure_alignment_suite(engine: Engine) -> list[str]:
-    """Create the suite's buckets that do not exist yet; returns the names created."""
+def ensure_alignment_suite(engine: Engine, foundation: bool = True) -> list[str]:
+    """Create the suite's buckets that do not exist yet (with ``foundation``, the
+    foundation suite's too); returns the names created."""
     with engine.connect() as conn:
         existing = set(conn.execute(select(Bucket.name)).scalars())
-    created = []
-    for level, name in enumerate(suite_buckets(), start=1):
-        if name in existing:
-            continue
-        examples = [NewExample(e["prompt"], e["target"]) for e in suite_examples(level)]
+    wanted: list[tuple[str, str, list[tasks.Example]]] = [
+        (name, "exact", suite_examples(level))
+        for level, name in enumerate(suite_buckets(), start=1)
+        if name not in existing
+    ]
+    if foundation:
+        for family, level in foundation_skills():
+            name = foundation_bucket(family, level)
+            if name not in existing:
+                grader = tasks.get_family(family).grader
+                wanted.append((name, grader, foundation_examples(family, level)))
+    for name, grader, examples in wanted:
         with write_transaction(engine) as conn:
             ingest_batch(
                 conn,
                 name,
-                examples,
+                [NewExample(e["prompt"], e["target"]) for e in examples],
                 kind="alignment",
-                grader="exact",
+                grader=grader,
                 client="alignment-suite",
                 probe_tenths=SUITE_PROBE_TENTHS,
             )
-        created.append(name)
+    created = [name for name, _, _ in wanted]
     if created:
-        log.info("created the builtin alignment suite: %s", ", ".join(created))
+        log.info("created the builtin suites: %s", ", ".join(created))
     return created
