@@ -107,7 +107,9 @@ class LearnerConfig:
     anchor_sampling: str = "uniform"
     # Weight of the distillation term: KL(base || model) on the anchors' answer tokens
     # (learner.training.step.Trainer._group_loss); 0 turns it off (no extra forward pass).
-    distill_weight: float = 0.0
+    # bench/frontier.py, sort on builtin tiny, 5 CPU-min, with scale search: served gain
+    # +0.49 and refusal retention 99.3% with it, +0.40 and 94.4% without.
+    distill_weight: float = 1.0
     # Cap on the length of probe answers. Each probe set is answered with its longest target
     # + 2 tokens, up to this cap, so the cap must exceed every target: at 32 the builtin
     # suite's benign answers (up to 40 characters) were cut short and graded wrong under

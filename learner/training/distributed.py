@@ -229,6 +229,12 @@ class DistributedTrainer(Trainer):
         super().load_version(path)
         self.sync()
 
+    def load_weights(self, path: Path) -> None:
+        """Load a version's weights on rank 0 (optimizer kept) and send them to all."""
+        self._require_leader("load_weights")
+        super().load_weights(path)
+        self.sync()
+
     def sync(self) -> None:
         """Make every follower an exact copy of rank 0's adapter and optimizer."""
         self._require_leader("sync")

@@ -176,6 +176,11 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
 
+    def load_weights(self, path: Path) -> None:
+        """Replace the adapter's weights by a saved version's, keeping the optimizer."""
+        weights = load_peft_weights(str(path), device=str(self.device))
+        set_peft_model_state_dict(self.model, weights)
+
     def load_version(self, path: Path | None) -> None:
         """Continue from a saved version's weights (None: the base model, a fresh adapter).
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft.utils import load_peft_weights
 from sqlalchemy import Connection, Engine, select
 
 from learner import registry
@@ -38,6 +39,8 @@ from learner.training.step import Trainer
 from learner.worker.evidence import Answerer, Model, References
 from learner.worker.scale_search import (
     SearchResult,
+    Weights,
+    matching_reference,
     scaled_adapter,
     search_scale,
     write_scaled_weights,
@@ -158,14 +161,37 @@ class CandidateMaker:
         tokenizer = self.trainer.tokenizer if self.replica is None else self.replica.tokenizer
         return answer_probes(self._model, tokenizer, probes, self.max_new_tokens)
 
-    def _answer_at(self, scale: float) -> Answerer:
-        """The candidate's answers with its LoRA delta multiplied by ``scale``."""
+    def _scaled_answers(self, reference: Weights | None) -> Callable[[float], Answerer]:
+        """scale -> the candidate's answers with its LoRA parameters interpolated from
+        ``reference`` (the active version's; None: the base) by ``scale``."""
 
-        def run(probes: ProbeSet) -> list[ProbeAnswer]:
-            with scaled_adapter(self._model, scale):
-                return self._answer_current(probes)
+        def at(scale: float) -> Answerer:
+            def run(probes: ProbeSet) -> list[ProbeAnswer]:
+                with scaled_adapter(self._model, scale, reference):
+                    return self._answer_current(probes)
 
-        return run
+            return run
+
+        return at
+
+    def _reference_weights(self, conn: Connection, active: Model) -> Weights | None:
+        """The active version's adapter weights, where the scale search's interpolation
+        starts (None: the base model, or weights the candidate cannot be interpolated
+        with)."""
+        if active is None:
+            return None
+        row = registry.get_version(conn, active)
+        try:
+            if row is None:
+                raise registry.VersionUnavailable(f"adapter version {active} is missing")
+            path = registry.verify_version(self.data_dir, row)
+        except registry.VersionUnavailable as exc:
+            log.error("scale search from the base: the active version is unusable: %s", exc)
+            return None
+        weights = matching_reference(self._model, load_peft_weights(str(path), device="cpu"))
+        if weights is None:
+            log.warning("scale search from the base: v%d has another LoRA shape", active)
+        return weights
 
     def _answer_base(self, probes: ProbeSet) -> list[ProbeAnswer]:
         with self._model.disable_adapter():
@@ -243,8 +269,11 @@ class CandidateMaker:
             sets = self._probe_sets(conn, active, trained)
             refs = self._references(conn, active, sets)
             parents = registry.parents(conn)
-        search = search_scale(sets, self._answer_at, refs, active, parents, set(trained), self.gate)
-        stored = self._record(version, active, step, search)
+            reference = self._reference_weights(conn, active)
+        scaled = self._scaled_answers(reference)
+        search = search_scale(sets, scaled, refs, active, parents, set(trained), self.gate)
+        search.reference = "base" if reference is None else f"v{active}"
+        stored = self._record(version, active, step, search, reference)
         verdict = stored["verdict"]
         evidence = search.evidence
         answers = {a.example_id: a.correct for xs in evidence.candidate.values() for a in xs}
@@ -268,7 +297,7 @@ class CandidateMaker:
         return outcome
 
     def _rescale(
-        self, version: int, scale: float, search: dict[str, Any]
+        self, version: int, scale: float, search: dict[str, Any], reference: Weights | None
     ) -> tuple[str, dict[str, Any]]:
         """Rewrite a candidate's files with its delta scaled by ``scale``; the new weights'
         sha256 and provenance. Atomic: a crash leaves the old or the new directory, and
@@ -278,14 +307,19 @@ class CandidateMaker:
         provenance = {**registry.read_provenance(path), "scale": scale, "scale_search": search}
 
         def fill(tmp: Path) -> None:
-            write_scaled_weights(path, tmp, scale)
+            write_scaled_weights(path, tmp, scale, reference)
             registry.write_provenance(tmp, provenance)
 
         write_dir_atomically(path, fill, replace=True)
         return registry.sha256_file(path / registry.ADAPTER_WEIGHTS), provenance
 
     def _record(
-        self, version: int, active: Model, step: int, search: SearchResult
+        self,
+        version: int,
+        active: Model,
+        step: int,
+        search: SearchResult,
+        reference: Weights | None,
     ) -> dict[str, Any]:
         """Store the probe answers, the gate report and the scale; the report as stored."""
         report, evidence = search.report, search.evidence
@@ -293,7 +327,8 @@ class CandidateMaker:
         data = report.to_dict()
         data["scale_search"] = search.to_dict()
         scaled = verdict == "promote" and search.scale != 1.0
-        files = self._rescale(version, search.scale, data["scale_search"]) if scaled else None
+        search_report = data["scale_search"]
+        files = self._rescale(version, search.scale, search_report, reference) if scaled else None
         with self.fenced() as conn:
             for bucket_id, answers in evidence.candidate.items():
                 record_results(conn, version, bucket_id, _rows(answers), step)

@@ -22,7 +22,6 @@ from sqlalchemy import Connection
 from learner import registry
 from learner.training.step import Trainer
 from learner.worker.candidates import LEARNER_ACTOR, CandidateOutcome
-from learner.worker.scale_search import scale_in_place
 
 log = logging.getLogger(__name__)
 
@@ -130,21 +129,18 @@ class Lineage:
         return False
 
     def _follow_scaled(self, outcome: CandidateOutcome) -> None:
-        """After a promotion at scale s < 1 the weights become the promoted ones, so that
-        the lineage's weights are what is served and the next candidate is judged from
-        there (continuing from the unscaled weights would take the lineage ever further
-        from the served model, each candidate then needing a smaller scale). Nothing
-        trained since the save: B is scaled in place and AdamW keeps its moments.
-        Otherwise (judged in the background) the promoted files are loaded, and the
-        steps since the save are given up with the optimizer's moments."""
-        if not self._since_save:
-            scale_in_place(self.trainer.model, outcome.scale)
-            return
+        """After a promotion at scale s < 1 the weights become the promoted ones (read
+        back from its files), so that the lineage's weights are what is served and the
+        next candidate is judged from there (continuing from the unscaled weights would
+        take the lineage ever further from the served model). AdamW keeps its moments:
+        they belong to the same parameters, a little moved. A candidate judged in the
+        background gives up the steps trained since its save."""
         path = self.data_dir / registry.version_relpath(outcome.version)
-        self.trainer.load_version(path)
-        self._since_save = []
-        self.state.trained = []
-        log.info("continuing from the scaled v%d (scale %s)", outcome.version, outcome.scale)
+        self.trainer.load_weights(path)
+        if self._since_save:
+            self._since_save = []
+            self.state.trained = []
+        log.info("continuing from the promoted v%d (scale %s)", outcome.version, outcome.scale)
 
     def reset(self, why: str) -> bool:
         """Go back to the active version's weights and log it as a registry event."""

@@ -1,4 +1,4 @@
-"""Scale search at candidate time: serve ``s * delta`` for the largest ``s`` the gate passes.
+"""Scale search at candidate time: serve the largest step towards the candidate that passes.
 
 LoRA adds ``delta = B @ A * (alpha / r)`` to the frozen base weights, so multiplying every
 ``B`` by ``s`` serves ``base + s * delta``: ``s = 0`` is the base model (which passes every
@@ -9,6 +9,18 @@ models"; task arithmetic, Ilharco et al. 2023, "Editing Models with Task Arithme
 which scales task vectors the same way). Measured here before this was built: on the 25
 candidates of a sort run that the gate rejected at ``s = 1``, 17 passed at 0.75 and all
 at 0.5, keeping about 77% of the sort gain.
+
+Once a version is active, the interpolation runs from the *active version's* adapter to
+the candidate's (every LoRA parameter ``ref + s * (own - ref)``, :func:`interpolated`):
+``s = 0`` is then the active version, which passed already, and a smaller step keeps what
+it learned. (Scaling the whole delta from the base undid the active version's gain as
+well: in a sort run every later candidate then failed its gain check.)
+
+Once a version is active, the interpolation runs from the *active version's* adapter to
+the candidate's (every LoRA parameter ``ref + s * (own - ref)``, :func:`interpolated`):
+``s = 0`` is then the active version, which passed already, and a smaller step keeps what
+it learned. (Scaling the whole delta from the base undid the active version's gain as
+well: in a sort run every later candidate then failed its gain check.)
 
 Trying several scales on the same probes would raise the chance that a harmful scale
 passes by luck. So the probes are split in two fixed halves (by a hash of the example
@@ -62,10 +74,12 @@ class SearchResult:
     report: GateReport
     evidence: Evidence
     trials: list[ScaleTrial] = field(default_factory=list)
+    reference: str = "base"  # what scale 0 is: "base" or the active version, "v<N>"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "scale": self.scale,
+            "from": self.reference,
             "selection": "halves: chosen on the selection half, confirmed on the other",
             "trials": [asdict(t) for t in self.trials],
         }
@@ -73,53 +87,94 @@ class SearchResult:
 
 # --- the weights --------------------------------------------------------------------------
 
+Weights = dict[str, torch.Tensor]  # LoRA parameters by peft's saved key (no adapter name)
+_LORA_KEYS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
-def _lora_b(model: torch.nn.Module, adapter: str) -> list[torch.Tensor]:
-    """The ``B`` matrices of ``adapter`` (peft names them ``...lora_B.<adapter>.weight``)."""
-    return [
-        p
-        for name, p in model.named_parameters()
-        if any(f".{key}.{adapter}." in name for key in _B_KEYS)
-    ]
+
+def _is_b(key: str) -> bool:
+    return any(f".{b}." in key or key.endswith(f".{b}") for b in _B_KEYS)
+
+
+def _lora_params(model: torch.nn.Module, adapter: str) -> dict[str, torch.Tensor]:
+    """The adapter's LoRA parameters by saved key: peft names a parameter
+    ``...q_proj.lora_B.<adapter>.weight`` and saves it as ``...q_proj.lora_B.weight``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        for key in _LORA_KEYS:
+            marker = f".{key}.{adapter}"
+            if f"{marker}." in name or name.endswith(marker):  # embeddings: no ".weight"
+                out[name.replace(marker, f".{key}")] = p
+    return out
+
+
+def interpolated(own: Weights, reference: Weights | None, scale: float) -> Weights:
+    """``reference + scale * (own - reference)`` for every LoRA parameter.
+
+    ``reference`` is the active version's adapter (the weights this lineage was trained
+    from); None stands for the base model, whose ``B`` is 0 (its ``A`` is taken as the
+    candidate's own): then every ``B`` is simply multiplied by ``scale`` and the served
+    model is ``base + scale * delta`` exactly. Against an active version both ``A`` and
+    ``B`` move, so ``scale = 0`` is exactly the active version and 1 the candidate: a
+    scale relative to the base would take back what the active version learned too (at
+    0.5 it halved the promoted gain, and every later candidate failed its gain check).
+    """
+    out: Weights = {}
+    for key, value in own.items():
+        if reference is not None:
+            ref = reference[key]
+        else:
+            ref = torch.zeros_like(value) if _is_b(key) else value
+        out[key] = (ref + scale * (value - ref)).contiguous()
+    return out
+
+
+def matching_reference(model: torch.nn.Module, reference: Weights | None,
+                       adapter: str = "default") -> Weights | None:  # fmt: skip
+    """``reference`` if it has every LoRA parameter of the model with the same shape (a
+    version trained under another LoRA config cannot be interpolated with), else None."""
+    if reference is None:
+        return None
+    params = _lora_params(model, adapter)
+    same = params.keys() == reference.keys() and all(
+        reference[k].shape == p.shape for k, p in params.items()
+    )
+    return {k: v.to(params[k].device) for k, v in reference.items()} if same else None
 
 
 @contextmanager
 def scaled_adapter(
-    model: torch.nn.Module, scale: float, adapter: str = "default"
+    model: torch.nn.Module,
+    scale: float,
+    reference: Weights | None = None,
+    adapter: str = "default",
 ) -> Iterator[None]:
-    """The model answers as ``base + scale * delta`` inside the block; afterwards its
-    ``B`` matrices are restored exactly (copied back, not divided: ``scale`` may be 0)."""
+    """Inside the block the adapter holds :func:`interpolated` weights; afterwards its
+    parameters are restored exactly (copied back, not recomputed: ``scale`` may be 0)."""
     if scale == 1.0:
         yield
         return
-    params = _lora_b(model, adapter)
-    saved = [p.detach().clone() for p in params]
+    params = _lora_params(model, adapter)
+    saved = {k: p.detach().clone() for k, p in params.items()}
     try:
         with torch.no_grad():
-            for p in params:
-                p.mul_(scale)
+            for key, value in interpolated(saved, reference, scale).items():
+                params[key].copy_(value)
         yield
     finally:
         with torch.no_grad():
-            for p, original in zip(params, saved, strict=True):
-                p.copy_(original)
+            for key, p in params.items():
+                p.copy_(saved[key])
 
 
-def scale_in_place(model: torch.nn.Module, scale: float, adapter: str = "default") -> None:
-    """Multiply the adapter's ``B`` matrices by ``scale`` for good."""
-    with torch.no_grad():
-        for p in _lora_b(model, adapter):
-            p.mul_(scale)
-
-
-def write_scaled_weights(source: Path, dest: Path, scale: float) -> None:
-    """Write ``source``'s adapter (config and weights) into ``dest`` with every ``B``
-    multiplied by ``scale``: any peft loader then serves ``base + scale * delta`` as is."""
+def write_scaled_weights(
+    source: Path, dest: Path, scale: float, reference: Weights | None = None
+) -> None:
+    """Write ``source``'s adapter (config and weights) into ``dest`` with its LoRA
+    parameters :func:`interpolated`: any peft loader serves it as is."""
     weights = load_peft_weights(str(source), device="cpu")
-    scaled = {
-        k: (v * scale if any(f"{key}." in k for key in _B_KEYS) else v).contiguous()
-        for k, v in weights.items()
-    }
+    lora = {k: v for k, v in weights.items() if any(f"{key}." in k for key in _LORA_KEYS)}
+    scaled = {**weights, **interpolated(lora, reference, scale)}
+    scaled = {k: v.contiguous() for k, v in scaled.items()}
     save_file(scaled, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
     (dest / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
 

@@ -24,7 +24,10 @@ from learner.training.step import Trainer, lora_config
 from learner.worker.candidates import CandidateMaker
 from learner.worker.evidence import Answerer, References
 from learner.worker.scale_search import (
+    _lora_params,
     in_selection_half,
+    interpolated,
+    matching_reference,
     scaled_adapter,
     search_scale,
     split_halves,
@@ -71,6 +74,30 @@ def test_scale_zero_answers_as_the_base_and_the_weights_come_back(peft_model: tu
         if "lora_" in name:
             assert torch.equal(p, before[name]), name  # restored exactly
     torch.testing.assert_close(_loss(model, tokenizer), trained)
+
+
+def test_scales_run_from_the_active_version_once_there_is_one(peft_model: tuple) -> None:
+    """With the active version's adapter as the reference, scale 0 answers as the active
+    version and 1 as the candidate; the weights come back exactly."""
+    model, tokenizer = peft_model
+    active = {k: v.detach().clone() for k, v in _lora_params(model, "default").items()}
+    active_loss = _loss(model, tokenizer)
+    _randomise_adapter(model, seed=3)  # the candidate: trained further from the active
+    candidate_loss = _loss(model, tokenizer)
+    assert not torch.allclose(active_loss, candidate_loss)
+    reference = matching_reference(model, active)
+    assert reference is not None
+    with scaled_adapter(model, 0.0, reference):
+        torch.testing.assert_close(_loss(model, tokenizer), active_loss)
+    with scaled_adapter(model, 0.5, reference):
+        half = _loss(model, tokenizer)
+    assert not torch.allclose(half, active_loss) and not torch.allclose(half, candidate_loss)
+    torch.testing.assert_close(_loss(model, tokenizer), candidate_loss)
+    own = {k: v.detach().clone() for k, v in _lora_params(model, "default").items()}
+    for key, value in interpolated(own, active, 0.25).items():
+        torch.testing.assert_close(value, active[key] + 0.25 * (own[key] - active[key]))
+    wrong_shape = {k: v[..., :1] for k, v in active.items()}
+    assert matching_reference(model, wrong_shape) is None
 
 
 def test_probe_halves_are_fixed_and_disjoint() -> None:
@@ -193,7 +220,7 @@ def test_a_scaled_candidate_holds_the_scaled_delta_and_says_so(
     path = tmp_path / registry.version_relpath(version)
     unscaled = load_peft_weights(str(path), device="cpu")
     search = {"scale": 0.5, "trials": [{"scale": 1.0, "verdict": "reject"}]}
-    digest, provenance = maker._rescale(version, 0.5, search)
+    digest, provenance = maker._rescale(version, 0.5, search, None)
     with write_transaction(engine) as conn:
         registry.update_files(conn, version, digest, provenance)
     with engine.connect() as conn:
