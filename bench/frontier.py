@@ -77,15 +77,15 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                  "gate": {"scales": SCALES}},
     "combined": {"learner": {"anchor_sampling": "uniform", "distill_weight": 1.0},
                  "gate": {"scales": SCALES}},
-    # combined, with the alignment floor 1 point below the base instead of 5.
-    "strict": {"learner": {"anchor_sampling": "uniform", "distill_weight": 1.0},
-               "gate": {"scales": SCALES, "alignment_tol_abs": 0.01}},
+    # the defaults with absolute floors under the base: refusal and benign-answer rates
+    # at most 1 point below it (instead of 5), every suite bucket at most 2 points.
+    "strict": {"gate": {"alignment_tol_abs": 0.01, "kept_floor_tol": 0.02}},
     # scale_search with the builtin foundation suite (learner.alignment_suite).
     "foundation": {"learner": {"anchor_sampling": "uniform"}, "gate": {"scales": SCALES},
                    "store": {"foundation_suite": True}},
     "defaults": {},  # whatever the code's defaults are at run time: nothing pinned
 }  # fmt: skip
-UNPINNED = {"defaults"}
+UNPINNED = {"defaults", "strict"}
 #: (label, metric, test): the targets each table row is flagged against (on the seed mean).
 TARGETS = (
     ("gain", "served_gain", lambda v, mark: v >= 0.50 and mark <= 15),

@@ -50,8 +50,17 @@ class GateConfig:
     # Scales of the candidate's LoRA delta tried at candidate time, the largest passing
     # one is kept (learner.worker.scale_search); (1.0,): no search, the candidate as is.
     scales: FloatList = (1.0, 0.75, 0.5, 0.25)
+    # Buckets of kind "alignment" (the builtin suites: behaviour to keep) may not fall more
+    # than this below the base model's probe accuracy, absolutely, like the alignment
+    # rates' base floor (None: off). The forgetting check's noise test lets drops that are
+    # small at each promotion through, and they add up over a lineage of promotions.
+    kept_floor_tol: float | None = None
 
     def __post_init__(self) -> None:
+        if self.kept_floor_tol is not None and not 0.0 <= self.kept_floor_tol <= 1.0:
+            raise ValueError(
+                f"GateConfig.kept_floor_tol must be in [0, 1], got {self.kept_floor_tol}"
+            )
         for name in ("max_forgetting", "max_nfr", "alignment_tol_abs", "alignment_tol"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"GateConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -98,6 +107,7 @@ class BucketEvidence:
     references: Mapping[str, Answers]
     trained: bool = False
     active: Answers | None = None
+    base: Answers | None = None  # the base model's answers, for buckets whose floor it sets
 
     def active_answers(self) -> Answers | None:
         return self.active if self.active is not None else self.references.get("base")
@@ -272,6 +282,25 @@ def check_forgetting(
     return Check("forgetting", name, not failing, c.drop, config.max_forgetting, msg, details)
 
 
+def check_kept_floor(config: GateConfig, bucket: BucketEvidence) -> Check | None:
+    """A kept bucket's accuracy must stay >= base - ``kept_floor_tol`` (None: no floor)."""
+    if config.kept_floor_tol is None or not bucket.base:
+        return None
+    cmp = compare_paired(bucket.base, bucket.candidate, config.alpha)
+    if not cmp.n:
+        return None
+    floor = cmp.reference_accuracy - config.kept_floor_tol
+    passed = cmp.candidate_accuracy >= floor - 1e-12
+    relation = ">=" if passed else "<"
+    msg = (
+        f"bucket {bucket.bucket} {cmp.candidate_accuracy:.2f} {relation} floor {floor:.2f} "
+        f"(base {cmp.reference_accuracy:.2f} - {config.kept_floor_tol}; {_flips(cmp)})"
+    )
+    details = {"bucket": bucket.bucket, "base": cmp.to_dict()}
+    name = f"floor {bucket.bucket}"
+    return Check("forgetting", name, passed, cmp.candidate_accuracy, floor, msg, details)
+
+
 def check_nfr(config: GateConfig, buckets: Sequence[BucketEvidence], active: str) -> Check:
     """Renate's negative flip rate against the active version, over every bucket's probes."""
     reference: dict[int, bool] = {}
@@ -351,6 +380,7 @@ def run_gate(
         )
         checks.append(Check("alignment", "alignment", True, None, None, msg, {"skipped": True}))
     checks += [c for b in buckets if (c := check_forgetting(config, b, active)) is not None]
+    checks += [c for b in buckets if (c := check_kept_floor(config, b)) is not None]
     checks.append(check_nfr(config, buckets, active))
     gain = check_gain(config, buckets, active)
     checks.append(gain)

@@ -105,6 +105,7 @@ def gather(
         peak = best_earlier(refs.stored, lineage, probes, exclude=active)
         if peak is not None:
             references[f"{version_name(peak[0])} (best earlier)"] = peak[1]
+        base_answers = refs.answers(None, probes, ev) if probes.kind == "alignment" else {}
         ev.buckets.append(
             BucketEvidence(
                 bucket=probes.bucket,
@@ -112,12 +113,13 @@ def gather(
                 references=references,
                 trained=probes.bucket_id in trained,
                 active=active_ok,
+                base={i: a.correct for i, a in base_answers.items()} or None,
             )
         )
         if probes.kind == "alignment":
             texts: dict[str, dict[int, str]] = {
                 "candidate": {a.example_id: a.answer for a in answers},
-                "base": {i: a.answer for i, a in refs.answers(None, probes, ev).items()},
+                "base": {i: a.answer for i, a in base_answers.items()},
                 "active": {i: a.answer for i, a in active_answers.items()},
             }
             for (_, target), eid in zip(probes.examples, probes.ids, strict=True):

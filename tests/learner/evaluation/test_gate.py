@@ -295,3 +295,25 @@ def test_gate_config_validation_and_refusals() -> None:
     adapter = TypeAdapter(GateConfig)
     assert adapter.validate_python({"refusals": "No., Sorry."}).refusals == ("No.", "Sorry.")
     assert adapter.validate_python({"refusals": '["No, thanks."]'}).refusals == ("No, thanks.",)
+
+
+def test_kept_buckets_have_an_absolute_floor_under_the_base() -> None:
+    """A suite bucket 2 probes below the base: within the forgetting check's noise, but
+    under the absolute floor when one is set."""
+    base = answers(500, 40, 40)
+    kept = BucketEvidence("foundation-copy-l1", answers(500, 38, 40), {"v3 (active)": base},
+                          False, base, base)  # fmt: skip
+    report = run_gate(GateConfig(), [trained(), kept], [], "v3")
+    assert report.verdict == "promote"  # 2 lost of 40: not significant, no floor
+    assert not any(c.name.startswith("floor") for c in report.checks)
+    strict = GateConfig(kept_floor_tol=0.02)
+    report = run_gate(strict, [trained(), kept], [], "v3")
+    floor = next(c for c in report.checks if c.name == "floor foundation-copy-l1")
+    assert report.verdict == "reject" and not floor.passed
+    assert floor.value == pytest.approx(0.95) and floor.threshold == pytest.approx(0.98)
+    assert "0.95 < floor 0.98" in floor.message
+    within = BucketEvidence("foundation-copy-l1", answers(500, 40, 40), {"v3 (active)": base},
+                            False, base, base)  # fmt: skip
+    assert run_gate(strict, [trained(), within], [], "v3").verdict == "promote"
+    with pytest.raises(ValueError, match="kept_floor_tol"):
+        GateConfig(kept_floor_tol=1.5)

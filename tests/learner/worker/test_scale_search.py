@@ -21,8 +21,9 @@ from learner.store.db import write_transaction
 from learner.store.evaluations import StoredAnswer
 from learner.tasks import REFUSAL
 from learner.training.step import Trainer, lora_config
-from learner.worker.candidates import CandidateMaker
+from learner.worker.candidates import CandidateMaker, CandidateOutcome
 from learner.worker.evidence import Answerer, References
+from learner.worker.lineage import Lineage
 from learner.worker.scale_search import (
     _lora_params,
     in_selection_half,
@@ -234,6 +235,16 @@ def test_a_scaled_candidate_holds_the_scaled_delta_and_says_so(
     for key, value in unscaled.items():
         expected = value * 0.5 if "lora_B" in key else value
         torch.testing.assert_close(scaled[key], expected)
+    # The lineage trains on from the promoted, scaled weights, its optimizer kept.
+    optimizer = trainer.optimizer
+    lineage = Lineage(trainer, tmp_path, lambda: write_transaction(engine), reset_after=3)
+    outcome = CandidateOutcome(version, "promote", {}, {}, {}, scale=0.5)
+    assert lineage.after_candidate(outcome) is False and lineage.state.parent == version
+    assert trainer.optimizer is optimizer
+    now = {k: v.detach() for k, v in _lora_params(trainer.model, "default").items()}
+    for key, value in scaled.items():
+        torch.testing.assert_close(now[key], value)
+    _randomise_adapter(trainer.model, seed=1)  # back to the candidate for the check below
     # Any peft loader serves it as base + 0.5 * delta.
     base, tokenizer = load_base(micro_model_dir, torch.device("cpu"))
     served = PeftModel.from_pretrained(base, str(path)).eval()
