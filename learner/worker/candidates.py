@@ -328,6 +328,9 @@ class CandidateMaker:
         data["scale_search"] = search.to_dict()
         scaled = verdict == "promote" and search.scale != 1.0
         search_report = data["scale_search"]
+        if scaled:  # the summary is logged, listed and shown: it says what is served
+            where = f"scale {search.scale:g} from {search.reference}"
+            data["summary"] = data["summary"].replace("promoted:", f"promoted at {where}:", 1)
         files = self._rescale(version, search.scale, search_report, reference) if scaled else None
         with self.fenced() as conn:
             for bucket_id, answers in evidence.candidate.items():
