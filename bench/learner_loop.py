@@ -198,9 +198,9 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
     batches: list[Batch] = []
     step = learner.trainer.step
 
-    def recording_step(examples: Batch, weights: np.ndarray) -> Any:
-        batches.append(list(examples))
-        return step(examples, weights)
+    def recording_step(examples: Batch, weights: np.ndarray, distill: Any = None) -> Any:
+        batches.append(list(examples))  # the bare loop replays these without the KL term
+        return step(examples, weights, distill=distill)
 
     learner.trainer.step = recording_step  # type: ignore[method-assign]
     timer = PartTimer()

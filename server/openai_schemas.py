@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from learner.config import GenerationParams
 from server.schemas import StrictModel, Utf8Str
@@ -41,6 +41,19 @@ class SamplingFields(StrictModel):
         description="'lifelong' (the active version), 'lifelong@<version>' or 'base'.",
     )
     max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS)
+
+    @field_validator(
+        "max_tokens", "seed", "n", "logprobs", "max_completion_tokens", "top_logprobs",
+        mode="before", check_fields=False,
+    )  # fmt: skip
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        """JSON true is not an integer (the schema says integer), but pydantic's lax mode
+        would take it as 1: schemathesis found ``max_completion_tokens: true`` accepted."""
+        if isinstance(value, bool):
+            raise ValueError("must be an integer, not a boolean")
+        return value
+
     temperature: float = Field(default=1.0, ge=0.0, le=2.0, description="0: greedy decoding.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: StopStr | list[StopStr] | None = None
