@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from learner.config import GenerationParams
 from server.schemas import StrictModel, Utf8Str
@@ -42,15 +42,15 @@ class SamplingFields(StrictModel):
     )
     max_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS)
 
-    @field_validator(
-        "max_tokens", "seed", "n", "logprobs", "max_completion_tokens", "top_logprobs",
-        mode="before", check_fields=False,
-    )  # fmt: skip
+    @field_validator("*", mode="before")
     @classmethod
-    def _not_a_boolean(cls, value: object) -> object:
+    def _not_a_boolean(cls, value: object, info: ValidationInfo) -> object:
         """JSON true is not an integer (the schema says integer), but pydantic's lax mode
-        would take it as 1: schemathesis found ``max_completion_tokens: true`` accepted."""
-        if isinstance(value, bool):
+        would take it as 1: schemathesis found ``max_completion_tokens: true`` accepted.
+        Only integer fields refuse it (chat's ``logprobs`` is a boolean)."""
+        field = cls.model_fields.get(info.field_name or "")
+        integer = field is not None and field.annotation in (int, int | None)
+        if integer and isinstance(value, bool):
             raise ValueError("must be an integer, not a boolean")
         return value
 
