@@ -39,6 +39,9 @@ LEARNER_ENV = {
     # losing refusals, and the gate rightly rejects those candidates: tests/e2e/
     # test_poisoning.py covers the suite, the README the drift.
     "LIFELONG_ALIGNMENT_SUITE": "false",
+    # Scale search multiplies the candidates' judging time; it has its own tests
+    # (tests/learner/worker/test_scale_search.py, tests/e2e/test_learning_retention.py).
+    "LIFELONG_GATE__SCALES": "1",
 }
 
 

@@ -34,6 +34,9 @@ ENV = {
     "LIFELONG_TEACHER__POLICY": "lp_zpd",
     "LIFELONG_TEACHER__ROUND_STEPS": "20",
     "LIFELONG_TEACHER__REST_SECONDS": "2",
+    # Scale search multiplies the candidates' judging time; it has its own tests
+    # (tests/learner/worker/test_scale_search.py, tests/e2e/test_learning_retention.py).
+    "LIFELONG_GATE__SCALES": "1",
 }
 
 
