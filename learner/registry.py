@@ -321,6 +321,14 @@ class _Stamp:
 _verified: dict[Path, _Stamp] = {}
 
 
+def verified_path(conn: Connection, data_dir: Path, version: int) -> Path:
+    """:func:`verify_version` of the version's row; a missing row is unavailable too."""
+    row = get_version(conn, version)
+    if row is None:
+        raise VersionUnavailable(f"adapter version {version} is missing")
+    return verify_version(data_dir, row)
+
+
 def verify_version(data_dir: Path, row: AdapterVersion) -> Path:
     """The version's directory, after checking that it is servable and its weights match the
     stored sha256; raises :class:`VersionUnavailable` with a message otherwise.

@@ -180,11 +180,8 @@ class CandidateMaker:
         with)."""
         if active is None:
             return None
-        row = registry.get_version(conn, active)
         try:
-            if row is None:
-                raise registry.VersionUnavailable(f"adapter version {active} is missing")
-            path = registry.verify_version(self.data_dir, row)
+            path = registry.verified_path(conn, self.data_dir, active)
         except registry.VersionUnavailable as exc:
             log.error("scale search from the base: the active version is unusable: %s", exc)
             return None
@@ -234,13 +231,10 @@ class CandidateMaker:
         stored = {v: stored_answers(conn, v, ids) for v in lineage}
         answerers: dict[Model, Answerer] = {None: self._answer_base}
         if active is not None:
-            row = registry.get_version(conn, active)
             try:
-                assert row is not None
-                answerers[active] = self._answer_version(
-                    registry.verify_version(self.data_dir, row)
-                )
-            except (AssertionError, registry.VersionUnavailable) as exc:
+                path = registry.verified_path(conn, self.data_dir, active)
+                answerers[active] = self._answer_version(path)
+            except registry.VersionUnavailable as exc:
                 log.error("the active version cannot be a reference: %s", exc)
         return References(stored, answerers)
 

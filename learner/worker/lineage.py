@@ -88,11 +88,8 @@ class Lineage:
     def _continue_from(self, conn: Connection, version: int | None, reason: str) -> bool:
         path = None
         if version is not None:
-            row = registry.get_version(conn, version)
             try:
-                if row is None:
-                    raise registry.VersionUnavailable(f"adapter version {version} is missing")
-                path = registry.verify_version(self.data_dir, row)
+                path = registry.verified_path(conn, self.data_dir, version)
             except registry.VersionUnavailable as exc:
                 self._unloadable.add(version)  # logged once, not at every tick
                 log.error("cannot continue from v%s (%s): %s", version, reason, exc)
