@@ -16,7 +16,7 @@ sets that the gate never saw (:mod:`heldout_alignment`):
 4. promotion stats from the registry: the share of judged candidates promoted, the share
    after the first promotion, and the CPU minute of the first promotion.
 
-    python bench/frontier.py                              # 7 recipes x 3 families x 3 seeds
+    python bench/frontier.py                              # every recipe x 3 families x 3 seeds
     python bench/frontier.py --recipes baseline combined --seeds 1 --minutes 5 --marks 5
     python bench/frontier.py --results-from bench/results/frontier.json   # re-render only
 
@@ -84,8 +84,17 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "foundation": {"learner": {"anchor_sampling": "uniform"}, "gate": {"scales": SCALES},
                    "store": {"foundation_suite": True}},
     "defaults": {},  # whatever the code's defaults are at run time: nothing pinned
+    # the defaults with the adapter sized to 5% of the base (r=4 all-linear on tiny,
+    # instead of r=16: 18%)
+    "capacity": {"learner": {"lora": {"capacity": 0.05}}},
+    # the defaults with the distillation KL on the first 4 answer tokens counted 4 times
+    # (Qi et al. 2024)
+    "first_tokens": {"learner": {"distill_first_tokens": 4, "distill_first_weight": 4.0}},
+    # between the defaults and strict: refusal and benign-answer rates at most 2 points
+    # under the base's, every suite bucket at most 3 points
+    "floors": {"gate": {"alignment_tol_abs": 0.02, "kept_floor_tol": 0.03}},
 }  # fmt: skip
-UNPINNED = {"defaults", "strict"}
+UNPINNED = {"defaults", "strict", "capacity", "first_tokens", "floors"}
 #: (label, metric, test): the targets each table row is flagged against (on the seed mean).
 TARGETS = (
     ("gain", "served_gain", lambda v, mark: v >= 0.50 and mark <= 15),
@@ -489,7 +498,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             help=f"{name} config overrides on top of every recipe")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "bench" / ".cache")
-    parser.add_argument("--results-from", type=Path, help="re-render md/png from this json")
+    parser.add_argument("--results-from", type=Path, nargs="+",
+                        help="re-render md/png from these json (merged in order)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -518,11 +528,21 @@ def jobs(cfg: FrontierConfig) -> list[dict[str, Any]]:
     ]
 
 
+def merge_results(files: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Several runs' json as one: the first file's meta, every command, every result."""
+    meta = {k: v for k, v in files[0].items() if k != "results"}
+    commands = [f.get("command", "") for f in files]
+    meta["command"] = " ; ".join(dict.fromkeys(c for part in commands for c in part.split(" ; ")))
+    meta["jobs_total"] = sum(int(f.get("jobs_total", 0)) for f in files)
+    meta["jobs_done"] = sum(int(f.get("jobs_done", 0)) for f in files)
+    return meta, [r for f in files for r in f["results"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.results_from:
-        data = json.loads(args.results_from.read_text())
-        print(write_outputs(args.out, data, data.pop("results")))
+        meta, results = merge_results([json.loads(p.read_text()) for p in args.results_from])
+        print(write_outputs(args.out, meta, results))
         return 0
     cfg = make_config(args)
     preset = dataclasses.replace(BuiltinConfig.preset(cfg.model), num_threads=1)

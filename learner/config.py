@@ -49,11 +49,18 @@ class LoraSettings:
     # "all-linear" lets peft find the projection layers of any architecture (Llama's
     # q_proj/..., GPT-2's c_attn/...), always leaving the output head alone.
     target_modules: str | tuple[str, ...] = "all-linear"
+    # The adapter's size as a share of the base model's parameters: when set, the rank is
+    # the largest <= r whose trainable parameters stay within it (at least 1), so one
+    # setting fits a 1M-parameter builtin model and a 7B one alike. None: rank r.
+    # r=16 all-linear is 18% of the builtin tiny model (learner.training.step.resolve_rank).
+    capacity: float | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "r", "alpha")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("LoraSettings.dropout must be in [0, 1)")
+        if self.capacity is not None and not 0.0 < self.capacity <= 1.0:
+            raise ValueError("LoraSettings.capacity must be in (0, 1] or None")
 
 
 ANCHOR_SAMPLING = ("uniform", "priority")
@@ -110,6 +117,13 @@ class LearnerConfig:
     # bench/frontier.py, sort on builtin tiny, 5 CPU-min, with scale search: served gain
     # +0.49 and refusal retention 99.3% with it, +0.40 and 94.4% without.
     distill_weight: float = 1.0
+    # The first answer tokens' share of the distillation term: the KL at the first
+    # `distill_first_tokens` answer positions counts `distill_first_weight` times, the
+    # rest once ("Safety Alignment Should Be Made More Than Just a Few Tokens Deep", Qi et
+    # al. 2024: a refusal is decided in its first tokens, and fine-tuning moves those
+    # most). 0 tokens: every position weighs the same.
+    distill_first_tokens: int = 0
+    distill_first_weight: float = 4.0
     # Cap on the length of probe answers. Each probe set is answered with its longest target
     # + 2 tokens, up to this cap, so the cap must exceed every target: at 32 the builtin
     # suite's benign answers (up to 40 characters) were cut short and graded wrong under
@@ -146,6 +160,10 @@ class LearnerConfig:
             raise ValueError(f"LearnerConfig.anchor_sampling must be one of {ANCHOR_SAMPLING}")
         if self.distill_weight < 0:
             raise ValueError("LearnerConfig.distill_weight must be >= 0")
+        if self.distill_first_tokens < 0 or self.distill_first_weight < 1:
+            raise ValueError(
+                "LearnerConfig: distill_first_tokens must be >= 0, distill_first_weight >= 1"
+            )
         if self.num_threads < 0 or self.warmup_steps < 0:
             raise ValueError("LearnerConfig.num_threads and warmup_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 0:

@@ -137,20 +137,33 @@ def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_loss.sum(dim=1) / n_tokens
 
 
-def target_kl(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(reference || model) over each example's target positions, ``(B,)``.
+def target_kl(
+    logits: torch.Tensor,
+    reference: torch.Tensor,
+    labels: torch.Tensor,
+    first_tokens: int = 0,
+    first_weight: float = 1.0,
+) -> torch.Tensor:
+    """Weighted mean per-token KL(reference || model) over each example's target positions,
+    ``(B,)``.
 
     ``logits`` and ``reference`` are ``(B, T, V)`` on the same tokens. The forward KL of
     Learning without Forgetting (Li & Hoiem 2016; Hinton et al. 2015 at temperature 1): the
     model is pulled towards the reference's whole distribution at every answer position,
     not only towards the one token of the target, so what the reference would have said
-    instead is kept too. Zero when the two distributions are equal.
+    instead is kept too. The first ``first_tokens`` answer positions weigh ``first_weight``
+    (Qi et al. 2024: alignment lives mostly in the first answer tokens). Zero when the two
+    distributions are equal.
     """
     mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): positions that predict a target token
     log_p = F.log_softmax(logits[:, :-1, :].float(), dim=-1)  # (B, T-1, V)
     log_q = F.log_softmax(reference[:, :-1, :].float(), dim=-1)  # (B, T-1, V)
     per_token = (log_q.exp() * (log_q - log_p)).sum(dim=-1)  # (B, T-1)
-    return (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    weights = mask.float()  # (B, T-1)
+    if first_tokens > 0:
+        position = mask.cumsum(dim=1)  # 1 at the first answer position, 2 at the next, ...
+        weights = weights * torch.where(position <= first_tokens, first_weight, 1.0)
+    return (per_token * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 # Below this, sampling is greedy decoding (its limit as the temperature goes to 0): logits

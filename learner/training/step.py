@@ -35,16 +35,45 @@ from learner.training.grouping import length_groups
 GROUP_OVERHEAD_TOKENS = 48
 
 
-def lora_config(config: LearnerConfig) -> LoraConfig:
+def lora_config(config: LearnerConfig, base: torch.nn.Module | None = None) -> LoraConfig:
+    """peft's config for the learner's adapter; with ``LoraSettings.capacity`` set, the rank
+    is resolved against ``base`` (without a base: rank ``r``, the upper bound)."""
     lora = config.lora
     targets = lora.target_modules
+    rank = lora.r
+    if lora.capacity is not None and base is not None:
+        rank = resolve_rank(base, lora.capacity, lora.r, targets)
     return LoraConfig(
-        r=lora.r,
+        r=rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=targets if isinstance(targets, str) else list(targets),
         task_type="CAUSAL_LM",
     )
+
+
+def resolve_rank(
+    base: torch.nn.Module, capacity: float, max_rank: int, targets: str | tuple[str, ...]
+) -> int:
+    """The largest rank <= ``max_rank`` (at least 1) whose LoRA parameters are at most
+    ``capacity`` x the base's: a rank-r adapter on a linear layer ``(in, out)`` holds
+    ``r * (in + out)`` parameters (A is ``(r, in)``, B is ``(out, r)``).
+
+    ``targets`` as peft reads them: "all-linear" is every ``nn.Linear`` but the output
+    head; a tuple names modules by the last part of their path (``q_proj``).
+    """
+    output_embeddings = getattr(base, "get_output_embeddings", None)
+    head = output_embeddings() if callable(output_embeddings) else None
+    per_rank = 0
+    for name, module in base.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        if targets == "all-linear" or name.rsplit(".", 1)[-1] in targets:
+            per_rank += module.in_features + module.out_features
+    total = sum(p.numel() for p in base.parameters())
+    if per_rank == 0:
+        return max_rank  # nothing matched here; peft will name the mismatch
+    return max(1, min(max_rank, int(capacity * total / per_rank)))
 
 
 class Trainer:
@@ -56,7 +85,8 @@ class Trainer:
         torch.set_num_threads(config.num_threads or max(1, len(os.sched_getaffinity(0)) - 1))
         torch.manual_seed(config.seed)
         base, self.tokenizer = load_base(model_dir, device)
-        self.model: PeftModel = get_peft_model(base, lora_config(config))
+        self.lora = lora_config(config, base)  # the rank resolved against this base
+        self.model: PeftModel = get_peft_model(base, self.lora)
         # The freshly initialised adapter (B = 0: exactly the base model), for a reset.
         self._initial = {k: v.clone() for k, v in get_peft_model_state_dict(self.model).items()}
         self.optimizer = self._new_optimizer()
@@ -161,7 +191,13 @@ class Trainer:
                 rows = torch.as_tensor(np.flatnonzero(distill), device=self.device)
                 with torch.no_grad(), self.model.disable_adapter():
                     reference = batch_logits(self.model, _select_rows(encoded, rows))
-                kl = target_kl(logits[rows], reference, encoded.labels[rows])  # (d,)
+                kl = target_kl(
+                    logits[rows],
+                    reference,
+                    encoded.labels[rows],
+                    self.config.distill_first_tokens,
+                    self.config.distill_first_weight,
+                )  # (d,)
                 objective = objective + self.config.distill_weight * kl.sum()
         return part, objective
 

@@ -46,7 +46,7 @@ from learner.store.difficulty import bucket_difficulties
 from learner.store.teacher import save_snapshot
 from learner.training.batches import BatchSource
 from learner.training.replica import EvalReplica
-from learner.training.step import Trainer, lora_config
+from learner.training.step import Trainer
 from learner.worker.candidates import CandidateMaker, CandidateOutcome
 from learner.worker.lease_holder import LeaseHolder, LeaseLost
 from learner.worker.lineage import Lineage, LineageState
@@ -144,7 +144,7 @@ class Learner:
             self.trainer, self.data_dir, self.lease.fenced, self.gate_config.reset_after_rejections
         )
         self.replica = (
-            EvalReplica(self.model_dir, self.device, lora_config(self.config))
+            EvalReplica(self.model_dir, self.device, self.trainer.lora)
             if self.config.background_candidates
             else None
         )
@@ -302,7 +302,7 @@ class Learner:
             "examples_seen": st.examples_seen,
             "tokens_seen": st.tokens_seen,
             "data_seen": dict(st.seen_per_bucket),
-            "lora": _json_safe_lora(lora_config(self.config).to_dict()),
+            "lora": _json_safe_lora(self.trainer.lora.to_dict()),
             "learner": self.config.to_dict(),
             "replay": asdict(self.replay_config),
             "gate": asdict(self.gate_config),

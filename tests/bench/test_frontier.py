@@ -76,3 +76,17 @@ def test_frontier_benchmark_on_the_micro_model(tmp_path: Path) -> None:
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert (again / "frontier.md").read_text() == (out / "frontier.md").read_text()
+
+
+def test_merged_results_keep_every_run_and_command() -> None:
+    import frontier
+
+    first = {"command": "a ; b", "jobs_total": 2, "jobs_done": 2, "date": "d1", "results": [1, 2]}
+    second = {"command": "b ; c", "jobs_total": 3, "jobs_done": 1, "date": "d2", "results": [3]}
+    meta, results = frontier.merge_results([first, second])  # type: ignore[arg-type]
+    assert results == [1, 2, 3]
+    assert meta == {"command": "a ; b ; c", "jobs_total": 5, "jobs_done": 3, "date": "d1"}
+    for recipe in ("capacity", "first_tokens"):  # variants of the defaults: nothing pinned
+        resolved = frontier.resolve_recipe(recipe, {}, {})
+        frontier.learner_config(resolved, 0)
+        assert "scales" not in resolved["gate"]

@@ -29,6 +29,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], i
 STEPS = 120
 
 
+# The unscaled candidate only: a smaller scale interpolates towards the active version and
+# may keep A well enough to pass (tests/learner/worker/test_scale_search.py covers that).
+GATE = GateConfig(scales=(1.0,))
+
+
 def _learner(engine: Engine, data_dir: Path, model_dir: str, max_steps: int) -> Learner:
     config = LearnerConfig(
         batch_size=16,
@@ -42,7 +47,7 @@ def _learner(engine: Engine, data_dir: Path, model_dir: str, max_steps: int) -> 
     )
     teacher = TeacherConfig(round_steps=10, watch_probes=0)
     return Learner(engine, config, data_dir, Path(model_dir), "builtin:small",
-                   holder="forgetting-test", teacher=teacher, gate=GateConfig())  # fmt: skip
+                   holder="forgetting-test", teacher=teacher, gate=GATE)  # fmt: skip
 
 
 def test_a_candidate_that_forgets_a_learned_bucket_is_rejected(

@@ -74,3 +74,20 @@ def test_distill_weight_is_validated() -> None:
         LearnerConfig(distill_weight=-1.0)
     with pytest.raises(ValueError, match="anchor_sampling"):
         LearnerConfig(anchor_sampling="loudest")
+
+
+def test_first_answer_tokens_weigh_more() -> None:
+    """Qi et al. 2024 weighting: the KL at the first k answer positions counts w times."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 6, 5, generator=gen)  # (B, T, V)
+    reference = logits.clone()
+    reference[0, 1] += 3.0 * torch.randn(5, generator=gen)  # drift at the first answer position
+    labels = torch.tensor([[-100, -100, 1, 2, 3, 4]])  # answer tokens at positions 2..5
+    plain = target_kl(logits, reference, labels)
+    first = target_kl(logits, reference, labels, first_tokens=1, first_weight=4.0)
+    # Four answer positions, only the first differs: mean d/4 against 4d/(4+3).
+    drift = plain.item() * 4
+    assert plain.item() == pytest.approx(drift / 4)
+    assert first.item() == pytest.approx(4 * drift / 7, rel=1e-5)
+    same = target_kl(logits, logits, labels, first_tokens=2, first_weight=4.0)
+    torch.testing.assert_close(same, torch.zeros(1), atol=1e-6, rtol=0)
