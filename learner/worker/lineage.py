@@ -105,25 +105,31 @@ class Lineage:
         )
         return True
 
-    def after_candidate(self, outcome: CandidateOutcome) -> bool:
+    def after_candidate(self, outcome: CandidateOutcome) -> str | None:
         """Move the lineage on after a candidate; reset it after too many rejections.
-        True when the weights were reset. A candidate judged after the weights were
-        replaced (a rollback while it was evaluated in the background) moves nothing: the
-        weights no longer descend from it."""
+
+        Returns why the training weights were replaced (a reset, or a promotion at a scale
+        below 1, whose scaled weights training continues from), None when they were not:
+        the teacher must hear of both, or a bucket's next evaluations, on the replaced
+        weights, read as a stall. A candidate judged after the weights were replaced (a
+        rollback while it was evaluated in the background) moves nothing: the weights no
+        longer descend from it."""
         if self._replaced_since_save:
-            return False
+            return None
         self.state.parent = outcome.version
         if outcome.promoted:
             self.state.rejections = 0
             self.state.trained = list(self._since_save)
             if outcome.scale != 1.0:
                 self._follow_scaled(outcome)
+                return f"the weights followed v{outcome.version}, promoted at scale {outcome.scale}"
         elif outcome.verdict == "reject":
             self.state.rejections += 1
             if self.state.rejections >= self.reset_after:
                 why = f"{self.state.rejections} consecutive rejected candidates"
-                return self.reset(f"{why} (the last: v{outcome.version})")
-        return False
+                if self.reset(f"{why} (the last: v{outcome.version})"):
+                    return "the weights were reset after rejections"
+        return None
 
     def _follow_scaled(self, outcome: CandidateOutcome) -> None:
         """After a promotion at scale s < 1 the weights become the promoted ones (read

@@ -355,8 +355,9 @@ class Learner:
     def _after_candidate(self, outcome: CandidateOutcome) -> None:
         self.state.last_verdict = outcome.verdict
         self.rounds.observe_reevaluation(outcome, self.batches.buckets)
-        if self.lineage.after_candidate(outcome):
-            self.curriculum.weights_replaced("the weights were reset after rejections")
+        replaced = self.lineage.after_candidate(outcome)
+        if replaced:
+            self.curriculum.weights_replaced(replaced)
 
     # --- the teacher's difficulty scorer -------------------------------------------------
 

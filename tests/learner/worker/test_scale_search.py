@@ -239,7 +239,9 @@ def test_a_scaled_candidate_holds_the_scaled_delta_and_says_so(
     optimizer = trainer.optimizer
     lineage = Lineage(trainer, tmp_path, lambda: write_transaction(engine), reset_after=3)
     outcome = CandidateOutcome(version, "promote", {}, {}, {}, scale=0.5)
-    assert lineage.after_candidate(outcome) is False and lineage.state.parent == version
+    replaced = lineage.after_candidate(outcome)  # the teacher is told: its windows restart
+    assert replaced == f"the weights followed v{version}, promoted at scale 0.5"
+    assert lineage.state.parent == version
     assert trainer.optimizer is optimizer
     now = {k: v.detach() for k, v in _lora_params(trainer.model, "default").items()}
     for key, value in scaled.items():
