@@ -29,13 +29,13 @@ def test_rank_is_the_largest_within_the_capacity(micro_model_dir: Path, capacity
     assert 1 <= rank < 64
     assert share <= capacity or rank == 1
     if rank < 64:  # one rank more would overshoot
-        _, more = _shares(_trainer(micro_model_dir, LoraSettings(r=rank + 1)))
+        _, more = _shares(_trainer(micro_model_dir, LoraSettings(r=rank + 1, capacity=None)))
         assert more > capacity
 
 
 def test_rank_r_is_an_upper_bound_and_none_keeps_it(micro_model_dir: Path) -> None:
     assert _shares(_trainer(micro_model_dir, LoraSettings(r=2, capacity=1.0)))[0] == 2
-    assert _shares(_trainer(micro_model_dir, LoraSettings(r=3)))[0] == 3
+    assert _shares(_trainer(micro_model_dir, LoraSettings(r=3, capacity=None)))[0] == 3
 
 
 def test_capacity_outside_the_unit_interval_is_refused() -> None:
