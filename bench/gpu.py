@@ -84,7 +84,7 @@ def llama_model_dir(preset: str, cache: Path) -> Path:
 def parameter_counts(model_dir: Path, cfg: BenchConfig) -> tuple[int, int]:
     """(frozen base parameters, LoRA parameters) of the model with the learner's adapter."""
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(base, lora_config(learner_config(cfg)))
+    model = get_peft_model(base, lora_config(learner_config(cfg), base))
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return total - lora, lora

@@ -99,7 +99,7 @@ def bare_loop(cfg: BenchConfig, model_dir: Path, batches: list[Batch]) -> dict[s
     device = pick_device(cfg.device)
     torch.manual_seed(0)
     base, tokenizer = load_base(model_dir, device)
-    model = get_peft_model(base, lora_config(config))
+    model = get_peft_model(base, lora_config(config, base))
     model.train()
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate
