@@ -387,6 +387,8 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
         "",
         f"Targets (flags judge the seed mean): {TARGETS_TEXT}.",
     ]
+    if meta.get("note"):  # what a merge of older runs needs said (relabelled recipes)
+        lines[-1:-1] = [meta["note"], ""]
     head = ["recipe", "mark", "seeds", *(c[0] for c in COLUMNS), *(t[0] for t in TARGETS)]
     for family, rows in sorted(aggregate(results).items()):
         lines += ["", f"## {family}", "", "| " + " | ".join(head) + " |"]
