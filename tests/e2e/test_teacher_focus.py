@@ -20,10 +20,11 @@ import httpx
 import pytest
 
 from learner.tasks import make_examples
+from teacher.stall import StallConfig, StallTracker
 
 pytestmark = pytest.mark.slow
 
-MAX_ROUNDS = 36
+MAX_ROUNDS = 28
 ENV = {
     "LIFELONG_LEARNER__BATCH_SIZE": "16",
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "60",
@@ -96,7 +97,10 @@ def test_noise_bucket_gets_a_smaller_focus_share(
     # the noise bucket first: excluded from focus and replay, which bounds it as well.)
     quarantined = "noise" in (teacher.get("quarantined") or {})
     stalled = any("stalled: noise" in d["reason"] for d in decisions)
-    assert stalled or quarantined, [d["reason"] for d in decisions[:5]]
+    # ... or it never had the rounds a stall takes, because sort-l1 kept progressing (seen
+    # once the teacher heard of scaled promotions: sort-l1 30 rounds, noise 6 of 36).
+    short = counts["noise"] < StallTracker(StallConfig()).patience(0.5)
+    assert stalled or quarantined or short, [d["reason"] for d in decisions[:5]]
     assert quarantined or all("stalled: noise" in d["reason"] for d in rests)
     assert counts["noise"] <= 16, counts
     # ... and never more than the learnable bucket's (before the stall rule: 96% of all
