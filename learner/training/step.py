@@ -7,6 +7,7 @@ replay priorities, the teacher or the loop's counters is decided by its callers.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def resolve_rank(
     ``r * (in + out)`` parameters (A is ``(r, in)``, B is ``(out, r)``).
 
     ``targets`` as peft reads them: "all-linear" is every ``nn.Linear`` but the output
-    head; a tuple names modules by the last part of their path (``q_proj``).
+    head; another string is a regular expression matched against the whole module path;
+    a tuple names modules by the last part of their path (``q_proj``).
     """
     output_embeddings = getattr(base, "get_output_embeddings", None)
     head = output_embeddings() if callable(output_embeddings) else None
@@ -68,12 +70,21 @@ def resolve_rank(
     for name, module in base.named_modules():
         if not isinstance(module, torch.nn.Linear) or module is head:
             continue
-        if targets == "all-linear" or name.rsplit(".", 1)[-1] in targets:
+        if _targeted(name, targets):
             per_rank += module.in_features + module.out_features
     total = sum(p.numel() for p in base.parameters())
     if per_rank == 0:
         return max_rank  # nothing matched here; peft will name the mismatch
     return max(1, min(max_rank, int(capacity * total / per_rank)))
+
+
+def _targeted(name: str, targets: str | tuple[str, ...]) -> bool:
+    """Whether peft puts LoRA on the linear module at path ``name``."""
+    if targets == "all-linear":
+        return True
+    if isinstance(targets, str):  # a string is a pattern, not a set of names
+        return re.fullmatch(targets, name) is not None
+    return name.rsplit(".", 1)[-1] in targets
 
 
 class Trainer:
