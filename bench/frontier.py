@@ -96,8 +96,14 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # between the defaults and strict: refusal and benign-answer rates at most 2 points
     # under the base's, every suite bucket at most 3 points
     "floors": {"gate": {"alignment_tol_abs": 0.02, "kept_floor_tol": 0.03}},
+    # the defaults at a third of the learning rate: the lineage drifts slower from the
+    # active version, so more candidates stay within the gate's forgetting tolerance
+    "low_lr": {"learner": {"learning_rate": 1e-3}},
+    # the defaults with more of each batch rehearsing the alignment and foundation suites
+    "anchor_heavy": {"learner": {"focus_share": 0.4, "anchor_share": 0.45}},
 }  # fmt: skip
-UNPINNED = {"defaults", "defaults_r16", "strict", "capacity", "first_tokens", "floors"}
+UNPINNED = {"defaults", "defaults_r16", "strict", "capacity", "first_tokens", "floors",
+            "low_lr", "anchor_heavy"}  # fmt: skip
 #: (label, metric, test): the targets each table row is flagged against (on the seed mean).
 TARGETS = (
     ("gain", "served_gain", lambda v, mark: v >= 0.50 and mark <= 15),
@@ -122,6 +128,7 @@ class FrontierConfig:
     seeds: int = 3
     families: tuple[str, ...] = NEW_FAMILIES
     recipes: dict[str, dict[str, dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1 (more seeds in a later run)
 
 
 def merge_recipe(
@@ -493,6 +500,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--families", nargs="+", default=list(NEW_FAMILIES))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seed of the first run (adds seeds to an earlier run)")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--marks", type=float, nargs="+", default=[5.0, 15.0])
     parser.add_argument("--model", choices=["micro", "small", "tiny"], default="tiny")
@@ -519,7 +528,8 @@ def make_config(args: argparse.Namespace) -> FrontierConfig:
     marks = tuple(sorted(m for m in args.marks if m <= args.minutes)) or (args.minutes,)
     families = tuple(args.families)
     return FrontierConfig(
-        args.model, args.examples, args.minutes, marks, args.seeds, families, recipes
+        args.model, args.examples, args.minutes, marks, args.seeds, families, recipes,
+        args.first_seed,
     )
 
 
@@ -527,7 +537,7 @@ def jobs(cfg: FrontierConfig) -> list[dict[str, Any]]:
     """Seed-major order: a run cut off early still has every recipe for the first seeds."""
     return [
         {"name": f"{recipe}-{family}-s{seed}", "recipe": recipe, "family": family, "seed": seed}
-        for seed in range(cfg.seeds)
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)
         for family in cfg.families
         for recipe in cfg.recipes
     ]

@@ -131,12 +131,23 @@ def empty_db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
     return url
 
 
+def _model_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """Where a session's builtin model is built: under pytest-xdist, one directory that every
+    worker shares (``ensure_builtin_model`` locks it, so the first worker builds and the
+    others wait and reuse it instead of training the same model again on the same cores)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+        shared.mkdir(exist_ok=True)
+        return shared
+    return tmp_path_factory.mktemp(name)
+
+
 @pytest.fixture(scope="session")
 def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``builtin:micro`` model, bootstrapped once per test session."""
     from learner.builtin import BuiltinConfig, ensure_builtin_model
 
-    data_dir = tmp_path_factory.mktemp("builtin")
+    data_dir = _model_root(tmp_path_factory, "builtin")
     return ensure_builtin_model(data_dir, BuiltinConfig.preset("micro"), progress=False)
 
 
@@ -149,7 +160,7 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     from learner.builtin import BuiltinConfig, ensure_builtin_model
 
     cached = os.environ.get("LIFELONG_TEST_SMALL_MODEL_ROOT")
-    root = Path(cached) if cached else tmp_path_factory.mktemp("small-model")
+    root = Path(cached) if cached else _model_root(tmp_path_factory, "small-model")
     return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
 
 

@@ -90,3 +90,12 @@ def test_merged_results_keep_every_run_and_command() -> None:
         resolved = frontier.resolve_recipe(recipe, {}, {})
         frontier.learner_config(resolved, 0)
         assert "scales" not in resolved["gate"]
+
+
+def test_first_seed_adds_seeds_to_an_earlier_run() -> None:
+    import frontier
+
+    args = frontier.parse_args(["--recipes", "defaults", "--families", "sort", "--seeds", "2",
+                                "--first-seed", "1"])  # fmt: skip
+    names = [job["name"] for job in frontier.jobs(frontier.make_config(args))]
+    assert names == ["defaults-sort-s1", "defaults-sort-s2"]

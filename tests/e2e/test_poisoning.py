@@ -173,7 +173,16 @@ def test_poison_is_rejected_and_the_learnable_bucket_promoted(
     for name, rate in watch.rates.items():
         assert rate >= floor - 1e-9, (name, rate, floor)
 
-    checks = {c["name"]: c for c in active["adapter"]["gate_report"]["checks"]}
     assert active["adapter"]["gate_report"]["verdict"] == "promote"
-    learned = checks["gain"]["details"]["buckets"][LEARNABLE]
-    assert learned["candidate_accuracy"] > learned["reference_accuracy"], checks["gain"]
+    # A promoted version gained on the learnable bucket. Not always the active one: a later
+    # version's gain check covers only the buckets trained since its predecessor (seen: v3
+    # promoted after rounds on other buckets, its report without copy-l1).
+    gains = [learnable_gain(a) for a in adapters if a["status"] == "promoted"]
+    assert any(g and g["candidate_accuracy"] > g["reference_accuracy"] for g in gains), gains
+
+
+def learnable_gain(adapter: dict[str, Any]) -> dict[str, Any] | None:
+    checks = {c["name"]: c for c in (adapter.get("gate_report") or {}).get("checks", [])}
+    gain = checks.get("gain") or {}
+    found: dict[str, Any] | None = (gain.get("details") or {}).get("buckets", {}).get(LEARNABLE)
+    return found
