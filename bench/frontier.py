@@ -528,7 +528,13 @@ def make_config(args: argparse.Namespace) -> FrontierConfig:
     marks = tuple(sorted(m for m in args.marks if m <= args.minutes)) or (args.minutes,)
     families = tuple(args.families)
     return FrontierConfig(
-        args.model, args.examples, args.minutes, marks, args.seeds, families, recipes,
+        args.model,
+        args.examples,
+        args.minutes,
+        marks,
+        args.seeds,
+        families,
+        recipes,
         args.first_seed,
     )
 
