@@ -234,6 +234,21 @@ def _store(
     return engine, data
 
 
+class IdleWatch:
+    """Says when the learner has spent (almost) no CPU for ``seconds`` of wall time."""
+
+    def __init__(self, seconds: float = 120.0, min_cpu_s: float = 1.0) -> None:
+        self.seconds, self.min_cpu_s = seconds, min_cpu_s
+        self.since, self.cpu_at = time.monotonic(), 0.0
+
+    def resting(self, cpu_min: float) -> bool:
+        now = time.monotonic()
+        if (cpu_min - self.cpu_at) * 60 >= self.min_cpu_s:
+            self.since, self.cpu_at = now, cpu_min
+            return False
+        return now - self.since >= self.seconds
+
+
 def train(job: dict[str, Any], cfg: FrontierConfig, model_dir: Path, work: Path) -> dict[str, Any]:
     """Run one learner to the last mark; the marks, the first promotion, every version."""
     from learner.worker import Learner
@@ -260,16 +275,21 @@ def train(job: dict[str, Any], cfg: FrontierConfig, model_dir: Path, work: Path)
     thread.start()
     marks: list[dict[str, Any]] = []
     pending, first_promotion = sorted(cfg.marks), None
+    idle = IdleWatch()
     while pending and thread.is_alive():
         time.sleep(1.0)
         cpu_min = (time.process_time() - cpu0) / 60
         if first_promotion is None:
             with engine.connect() as conn:
                 first_promotion = cpu_min if registry.active_version(conn) is not None else None
-        if cpu_min >= pending[0]:
+        resting = idle.resting(cpu_min)
+        # A resting learner (the teacher found every arm mastered or stalled) spends no CPU,
+        # so it would never reach the mark: what it serves now is what it serves then.
+        if cpu_min >= pending[0] or resting:
             point = {"mark": pending.pop(0), "cpu_minutes": round(cpu_min, 3)}
             point |= _snapshot(engine, learner.data_dir, snapshots)
             point |= {"step": learner.state.step, "wall_s": round(time.monotonic() - wall0, 1)}
+            point |= {"resting": resting}
             marks.append(point)
             print(f"{job['name']} @ {cpu_min:.2f} CPU min: {point}", flush=True)
     stop.set()

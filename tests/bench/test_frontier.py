@@ -99,3 +99,22 @@ def test_first_seed_adds_seeds_to_an_earlier_run() -> None:
                                 "--first-seed", "1"])  # fmt: skip
     names = [job["name"] for job in frontier.jobs(frontier.make_config(args))]
     assert names == ["defaults-sort-s1", "defaults-sort-s2"]
+
+
+def test_idle_watch_tells_a_resting_learner_from_a_busy_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import frontier
+
+    clock = [0.0]
+    monkeypatch.setattr(frontier.time, "monotonic", lambda: clock[0])
+    watch = frontier.IdleWatch(seconds=120, min_cpu_s=1.0)
+    cpu_min = 0.0
+    for _ in range(10):  # busy: a CPU-second every 10 s
+        clock[0] += 10
+        cpu_min += 1 / 60
+        assert not watch.resting(cpu_min)
+    clock[0] += 119
+    assert not watch.resting(cpu_min + 0.1 / 60)  # a little CPU, less than a second
+    clock[0] += 2
+    assert watch.resting(cpu_min + 0.1 / 60)
