@@ -169,28 +169,35 @@ class InferenceQueue:
 
     def _execute(self, group: list[_Job]) -> None:
         started = time.monotonic()
+        results: list[Any] = [None] * len(group)
+        error: BaseException | None = None
         try:
-            if group[0].key is None:
-                results = [group[0].run()]
-            else:
-                outputs = group[0].run([item for job in group for item in job.items])
-                results, offset = [], 0
-                for job in group:
-                    results.append(outputs[offset : offset + len(job.items)])
-                    offset += len(job.items)
-            for job, result in zip(group, results, strict=True):
-                _deliver(job, result, None)
+            results = self._call(group)
         except BaseException as exc:  # every job of the call gets the call's error
+            error = exc
+        elapsed = time.monotonic() - started
+        # The slots are freed before the results go out: a client that sends its next
+        # request as soon as it has an answer must find its slot free again.
+        with self._cond:
+            self.calls += 1
+            self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
             for job in group:
-                _deliver(job, None, exc)
-        finally:
-            elapsed = time.monotonic() - started
-            with self._cond:
-                self.calls += 1
-                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * elapsed
-                for job in group:
-                    job.state = "done"
-                self._pending -= len(group)
+                job.state = "done"
+            self._pending -= len(group)
+        for job, result in zip(group, results, strict=True):
+            _deliver(job, result, error)
+
+    @staticmethod
+    def _call(group: list[_Job]) -> list[Any]:
+        """One call for the group: a plain job's result, or each merged job's outputs."""
+        if group[0].key is None:
+            return [group[0].run()]
+        outputs = group[0].run([item for job in group for item in job.items])
+        results, offset = [], 0
+        for job in group:
+            results.append(outputs[offset : offset + len(job.items)])
+            offset += len(job.items)
+        return results
 
     def shutdown(self) -> None:
         """Stop taking jobs; waiting ones are cancelled, a running one finishes."""
