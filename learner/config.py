@@ -54,9 +54,10 @@ class LoraSettings:
     # r=16 all-linear is 18% of the builtin tiny model, which then moved everywhere at
     # every step; 5% gives it r=4. On a model of a billion parameters 5% is far above
     # r=16, so there r stays the rank (learner.training.step.resolve_rank).
-    # bench/frontier.py, builtin tiny, 5 CPU-min, one seed (r=16 defaults: 3 seeds):
-    # refusal retention 103-104% (r=16: 95-99%), foundation forgetting 1.2-4.6 points
-    # (4.1-5.7), served gain +0.45/+0.47/+0.52 on sort/counting/rotate (+0.29/+0.54/+0.77).
+    # bench/frontier.py, builtin tiny, 5 CPU-min, 3 seeds each, same base: refusal
+    # retention 98.2-99.0% (r=16: 95.2-99.0%), foundation forgetting 2.0/3.3/4.9 points
+    # on counting/sort/rotate (r=16: 5.7/4.9/4.1), served gain +0.47/+0.24/+0.70
+    # (+0.54/+0.29/+0.77): a little less gain for more retention on two families of three.
     capacity: float | None = 0.05
 
     def __post_init__(self) -> None:
