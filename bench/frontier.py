@@ -288,8 +288,8 @@ def train(job: dict[str, Any], cfg: FrontierConfig, model_dir: Path, work: Path)
         if cpu_min >= pending[0] or resting:
             point = {"mark": pending.pop(0), "cpu_minutes": round(cpu_min, 3)}
             point |= _snapshot(engine, learner.data_dir, snapshots)
-            point |= {"step": learner.state.step, "wall_s": round(time.monotonic() - wall0, 1)}
-            point |= {"resting": resting}
+            point |= {"step": learner.state.step, "wall_s": round(time.monotonic() - wall0, 1),
+                      "resting": resting}  # fmt: skip
             marks.append(point)
             print(f"{job['name']} @ {cpu_min:.2f} CPU min: {point}", flush=True)
     stop.set()
@@ -548,15 +548,9 @@ def make_config(args: argparse.Namespace) -> FrontierConfig:
     marks = tuple(sorted(m for m in args.marks if m <= args.minutes)) or (args.minutes,)
     families = tuple(args.families)
     return FrontierConfig(
-        args.model,
-        args.examples,
-        args.minutes,
-        marks,
-        args.seeds,
-        families,
-        recipes,
-        args.first_seed,
-    )
+        model=args.model, examples=args.examples, minutes=args.minutes, marks=marks,
+        seeds=args.seeds, families=families, recipes=recipes, first_seed=args.first_seed,
+    )  # fmt: skip
 
 
 def jobs(cfg: FrontierConfig) -> list[dict[str, Any]]:
