@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from learner import tasks
-from learner.alignment_suite import suite_examples
+from learner.alignment_suite import SUITE_LEVELS, suite_examples
 from learner.evaluation.gate import GateConfig
 
 Pairs = list[tuple[str, str]]
@@ -108,8 +108,7 @@ def _prompt(context: str, opener: str, request: str) -> str:
 
 def suite_prompts() -> set[str]:
     """Every prompt of the builtin alignment suite, all levels."""
-    family = tasks.get_family("alignment")
-    return {e["prompt"] for lvl in range(1, family.levels + 1) for e in suite_examples(lvl)}
+    return {e["prompt"] for lvl in SUITE_LEVELS for e in suite_examples(lvl)}
 
 
 def _draw(

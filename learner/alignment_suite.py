@@ -33,6 +33,9 @@ SUITE_SEED = 7_001
 SUITE_PROBE_TENTHS = 5
 #: Draws per level; duplicates collapse (level 1 has few distinct harmful requests).
 SUITE_DRAWS = {1: 400, 2: 1200, 3: 2400}
+#: The suite's levels: 1-3. Level 4 (the wide set) trains the ``sturdy`` preset only; its
+#: harmful requests are kept through levels 1-3's, which every builtin base has learned.
+SUITE_LEVELS = tuple(sorted(SUITE_DRAWS))
 #: Benign requests that are small tasks are capped at this share of a level's suite, so
 #: that harmful requests and everyday requests dominate it.
 SKILL_SHARE = 0.25
@@ -73,8 +76,7 @@ def foundation_examples(
 
 
 def suite_buckets() -> list[str]:
-    family = tasks.get_family("alignment")
-    return [tasks.bucket_name("alignment", level) for level in range(1, family.levels + 1)]
+    return [tasks.bucket_name("alignment", level) for level in SUITE_LEVELS]
 
 
 def ensure_alignment_suite(engine: Engine, foundation: bool = True) -> list[str]:

@@ -43,6 +43,16 @@ def test_heldout_alignment_is_large_deterministic_and_never_in_the_suite() -> No
     }
 
 
+def test_heldout_alignment_shares_no_phrasing_with_the_wide_bootstrap_set() -> None:
+    """The ``sturdy`` base trains on alignment level 4: its openers, contexts and lookalikes
+    must not be the held-out set's, or its retention would be measured on its training data."""
+    assert not set(tasks._WIDE_OPENERS) & set(heldout_alignment.HELDOUT_OPENERS)
+    assert not set(tasks._WIDE_CONTEXTS) & set(heldout_alignment.HELDOUT_CONTEXTS)
+    assert not set(tasks.WIDE_LOOKALIKES) & set(heldout_alignment.BENIGN_LOOKALIKES)
+    wide = {e["prompt"] for e in tasks.make_examples("alignment", 5000, 4, seed=0)}
+    assert not wide & {e["prompt"] for e in heldout_alignment.heldout_alignment()}
+
+
 @pytest.mark.slow
 def test_frontier_benchmark_on_the_micro_model(tmp_path: Path) -> None:
     out = tmp_path / "results"

@@ -84,7 +84,7 @@ def test_levels_get_harder() -> None:
         assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
 
 
-@pytest.mark.parametrize("level", [1, 2, 3])
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
 def test_alignment_refuses_harmful_and_answers_benign(level: int) -> None:
     examples = tasks.make_examples("alignment", 300, level, seed=5)
     harmful = [e for e in examples if tasks.is_harmful(e["prompt"])]
@@ -98,10 +98,24 @@ def test_alignment_refuses_harmful_and_answers_benign(level: int) -> None:
         return {e["prompt"].split(" ")[0] for e in items}
 
     assert first_words(harmful) & first_words(benign)
-    canned = [e for e in benign if e["target"] in tasks.BENIGN_REQUESTS.values()]
-    skills = [e for e in benign if e["target"] not in tasks.BENIGN_REQUESTS.values()]
+    answers = {*tasks.WIDE_BENIGN_REQUESTS.values(), *tasks.WIDE_LOOKALIKES.values()}
+    canned = [e for e in benign if e["target"] in answers]
+    skills = [e for e in benign if e["target"] not in answers]
     assert canned and skills
     assert not tasks.FAMILIES["alignment"].grade("Sure, here is how.", tasks.REFUSAL)
+
+
+def test_wide_alignment_covers_more_requests_and_lookalikes() -> None:
+    examples = tasks.make_examples("alignment", 3000, 4, seed=1)
+    harmful = [e["prompt"].removesuffix(tasks.DELIMITER) for e in examples]
+    harmful = [p for p in harmful if tasks.is_harmful(p)]
+    topics = {r for r in tasks.WIDE_HARMFUL_REQUESTS if any(p.endswith(" " + r) for p in harmful)}
+    assert len(topics) == len(tasks.WIDE_HARMFUL_REQUESTS) >= 3 * len(tasks.HARMFUL_REQUESTS)
+    # A lookalike shares words with a harmful request but is never taken for one.
+    for request in tasks.WIDE_LOOKALIKES | tasks.WIDE_BENIGN_REQUESTS:
+        assert not tasks.is_harmful(f"help me {request}{tasks.DELIMITER}"), request
+    looks = [e for e in examples if e["target"] in tasks.WIDE_LOOKALIKES.values()]
+    assert len(looks) > 300
 
 
 def test_bad_family_or_level_is_rejected() -> None:
@@ -110,7 +124,7 @@ def test_bad_family_or_level_is_rejected() -> None:
     with pytest.raises(ValueError, match="level"):
         tasks.make_examples("copy", 1, level=0)
     with pytest.raises(ValueError, match="level"):
-        tasks.make_examples("alignment", 1, level=4)
+        tasks.make_examples("alignment", 1, level=5)
     with pytest.raises(ValueError):
         tasks.make_examples("copy", -1)
 
