@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from learner import registry, tasks  # noqa: E402
 from learner.alignment_suite import ensure_alignment_suite  # noqa: E402
 from learner.builtin import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.builtin_config import PRESETS  # noqa: E402
 from learner.config import LearnerConfig, TeacherConfig  # noqa: E402
 from learner.evaluation.gate import GateConfig  # noqa: E402
 from learner.store.db import make_engine, upgrade, write_transaction  # noqa: E402
@@ -430,10 +431,10 @@ def markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _order(key: tuple[str, float]) -> tuple[int, float]:
-    recipe, mark = key
-    names = list(RECIPES)
-    return (names.index(recipe) if recipe in names else len(names), mark)
+def _order(key: tuple[str, float]) -> tuple[int, str, float]:
+    label, mark = key  # "defaults" or "defaults@sturdy": a recipe on another base
+    recipe, names = label.split("@")[0], list(RECIPES)
+    return (names.index(recipe) if recipe in names else len(names), label, mark)
 
 
 def plot(out: Path, results: list[dict[str, Any]]) -> list[str]:
@@ -524,7 +525,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seed of the first run (adds seeds to an earlier run)")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--marks", type=float, nargs="+", default=[5.0, 15.0])
-    parser.add_argument("--model", choices=["micro", "small", "tiny"], default="tiny")
+    parser.add_argument("--model", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--examples", type=int, default=600)
     parser.add_argument("--workers", type=int, default=2)
     for name in ("learner", "gate"):  # e.g. --set-learner distill_weight=0.5 lr=0.001
@@ -555,8 +556,15 @@ def make_config(args: argparse.Namespace) -> FrontierConfig:
 
 def jobs(cfg: FrontierConfig) -> list[dict[str, Any]]:
     """Seed-major order: a run cut off early still has every recipe for the first seeds."""
+    suffix = "" if cfg.model == "tiny" else f"@{cfg.model}"  # rows of another base stand apart
     return [
-        {"name": f"{recipe}-{family}-s{seed}", "recipe": recipe, "family": family, "seed": seed}
+        {
+            "name": f"{recipe}-{family}-s{seed}",
+            "recipe": recipe,
+            "label": recipe + suffix,
+            "family": family,
+            "seed": seed,
+        }
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds)
         for family in cfg.families
         for recipe in cfg.recipes

@@ -341,7 +341,7 @@ def aggregate(results: list[dict[str, Any]]) -> dict[str, dict[tuple[str, float]
         if "error" in result:
             continue
         for mark in result["marks"]:
-            key = (result["recipe"], mark["mark"])
+            key = (result.get("label", result["recipe"]), mark["mark"])
             groups.setdefault(result["family"], {}).setdefault(key, []).append(mark["metrics"])
     return {
         family: {

@@ -77,7 +77,7 @@ def test_frontier_benchmark_on_the_micro_model(tmp_path: Path) -> None:
     assert run["versions"] and all("scale" in v for v in run["versions"])
     assert set(run["scores"]["base"]) >= {"family", "refusal", "benign_answer", "foundation"}
     assert (out / "frontier-reports" / "baseline-sort-s0.json.gz").is_file()
-    assert "| baseline | 0.05 |" in (out / "frontier.md").read_text()
+    assert "| baseline@micro | 0.05 |" in (out / "frontier.md").read_text()  # not tiny: labelled
     assert (out / "frontier-sort.png").stat().st_size > 0
     # Re-rendering from the json alone gives the same table.
     again = tmp_path / "again"
