@@ -1,0 +1,75 @@
+"""``lifelong builtin``: the embedded base models (``LIFELONG_BASE_MODEL=builtin:<preset>``).
+
+``train`` builds a preset ahead of ``serve``, exactly as a first start would (same seeded
+recipe, same place under the data directory), and prints where it is, the sha256 of its
+weights and its bootstrap accuracy, so that two builds can be compared and a server
+started afterwards loads it in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from server.cli.options import DataDir
+from server.cli.render import print_json, say
+
+app = typer.Typer(help="The builtin base models: train a preset ahead of serve.",
+                  no_args_is_help=True)  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe(final: Path) -> dict[str, Any]:
+    """Path, weights sha256, parameters, bootstrap time and accuracy of a built model."""
+    provenance = json.loads((final / "provenance.json").read_text())
+    return {
+        "model": provenance["model"],
+        "path": str(final),
+        "sha256": file_sha256(final / "model.safetensors"),
+        "parameters": provenance["parameters"],
+        "steps": provenance["steps"],
+        "bootstrap_seconds": provenance["wall_seconds"],
+        "eval_greedy_accuracy": provenance.get("eval_greedy_accuracy", {}),
+    }
+
+
+@app.command("train")
+def train(
+    preset: Annotated[str, typer.Option("--preset", help="Which preset to build.")] = "tiny",
+    data_dir: DataDir = None,
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="Delete an earlier build of this preset first.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
+) -> None:
+    """Build `builtin:PRESET` under the data directory (or find it built) and describe it."""
+    from learner.builtin import builtin_root, ensure_builtin_model
+    from learner.builtin_config import PRESETS, BuiltinConfig
+    from server.settings import Settings
+
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    root = data_dir if data_dir is not None else Settings().data_dir
+    if rebuild:
+        shutil.rmtree(builtin_root(root, preset), ignore_errors=True)
+    final = ensure_builtin_model(root, BuiltinConfig.preset(preset), progress=not as_json)
+    facts = describe(final)
+    if as_json:
+        print_json(facts)
+        return
+    for key in ("model", "path", "sha256", "parameters", "steps", "bootstrap_seconds"):
+        say(f"{key}: {facts[key]}")
+    accuracy = facts["eval_greedy_accuracy"]
+    say("accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(accuracy.items())))
