@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from learner import tasks
+from learner.store.buckets import bucket_names
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
-from learner.store.models import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def ensure_alignment_suite(engine: Engine, foundation: bool = True) -> list[str]
     """Create the suite's buckets that do not exist yet (with ``foundation``, the
     foundation suite's too); returns the names created."""
     with engine.connect() as conn:
-        existing = set(conn.execute(select(Bucket.name)).scalars())
+        existing = bucket_names(conn)
     wanted: list[tuple[str, str, list[tasks.Example]]] = [
         (name, "exact", suite_examples(level))
         for level, name in enumerate(suite_buckets(), start=1)

@@ -14,25 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Connection, select
 
 from learner.replay import Batch, ReplayExample, ReplayStore
-from learner.store.models import Bucket
-
-
-@dataclass(frozen=True)
-class BucketInfo:
-    """What the learner needs to know of a bucket besides its examples."""
-
-    id: int
-    name: str
-    kind: str
-    status: str
-
-
-def bucket_catalog(conn: Connection) -> dict[str, BucketInfo]:
-    rows = conn.execute(select(Bucket.id, Bucket.name, Bucket.kind, Bucket.status))
-    return {r.name: BucketInfo(r.id, r.name, r.kind, r.status) for r in rows}
 
 
 @dataclass

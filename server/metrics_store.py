@@ -32,8 +32,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, func, select
 
-from learner import lease, registry
+from learner import registry
 from learner.evaluation.gate import RETENTION
+from learner.store import lease
 from learner.store.models import (
     REGISTRY_ACTIONS,
     AdapterVersion,

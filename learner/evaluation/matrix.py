@@ -9,21 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from learner import registry
 from learner.evaluation.metrics import lineage_of, negative_flip_rate, version_metrics
-from learner.store.evaluations import matrix_cells
-from learner.store.models import ProbeResult
+from learner.store.evaluations import matrix_cells, version_correct
 
 Model = int | None
-
-
-def _answers(conn: Connection, version: Model) -> dict[int, bool]:
-    column = ProbeResult.adapter_version
-    clause = column.is_(None) if version is None else column == version
-    rows = conn.execute(select(ProbeResult.example_id, ProbeResult.correct).where(clause))
-    return {r.example_id: bool(r.correct) for r in rows}
 
 
 def _row(
@@ -37,7 +29,7 @@ def _row(
     metrics = version_metrics(matrix, lineage_of(version, parents))
     nfr = None
     if active_answers is not None:
-        rate, lost, n = negative_flip_rate(active_answers, _answers(conn, version))
+        rate, lost, n = negative_flip_rate(active_answers, version_correct(conn, version))
         nfr = {"rate": rate, "lost": lost, "probes": n} if n else None
     mine = cells.get(version, {})
     return {
@@ -56,7 +48,7 @@ def matrix_report(conn: Connection) -> dict[str, Any]:
     cells = matrix_cells(conn)
     parents = registry.parents(conn)
     active = registry.active_version(conn)
-    active_answers = _answers(conn, active)
+    active_answers = version_correct(conn, active)
     statuses = {v.version: (v.status, v.train_step) for v in registry.list_versions(conn)}
     rows = []
     for version in sorted(cells, key=lambda v: -1 if v is None else v):
@@ -73,5 +65,5 @@ def version_report(conn: Connection, version: int) -> dict[str, Any] | None:
     if version not in cells:
         return None
     active = registry.active_version(conn)
-    active_answers = _answers(conn, active) if active != version else None
+    active_answers = version_correct(conn, active) if active != version else None
     return _row(version, cells, registry.parents(conn), active_answers, conn)

@@ -108,3 +108,28 @@ def list_examples(
 
 def count_examples(conn: Connection) -> int:
     return conn.execute(select(func.count()).select_from(Example)).scalar_one()
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """What the learner needs to know of a bucket besides its examples."""
+
+    id: int
+    name: str
+    kind: str
+    status: str
+
+
+def bucket_catalog(conn: Connection) -> dict[str, BucketInfo]:
+    """Every bucket by name (the learner's view of them, read once per round)."""
+    rows = conn.execute(select(Bucket.id, Bucket.name, Bucket.kind, Bucket.status))
+    return {r.name: BucketInfo(r.id, r.name, r.kind, r.status) for r in rows}
+
+
+def bucket_names(conn: Connection) -> set[str]:
+    return set(conn.execute(select(Bucket.name)).scalars())
+
+
+def bucket_ids_of_kind(conn: Connection, kind: str) -> list[int]:
+    query = select(Bucket.id).where(Bucket.kind == kind).order_by(Bucket.id)
+    return list(conn.execute(query).scalars())

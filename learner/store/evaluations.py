@@ -41,6 +41,16 @@ def stored_answers(
     return {r.example_id: StoredAnswer(bool(r.correct), r.answer) for r in rows}
 
 
+def version_correct(conn: Connection, version: int | None) -> dict[int, bool]:
+    """example id -> whether the version answered it correctly, over every stored probe."""
+    rows = conn.execute(
+        select(ProbeResult.example_id, ProbeResult.correct)
+        .where(_version_is(ProbeResult.adapter_version, version))
+        .order_by(ProbeResult.id)
+    )
+    return {r.example_id: bool(r.correct) for r in rows}
+
+
 def answers_by_version(
     conn: Connection, versions: Iterable[int | None], example_ids: Sequence[int]
 ) -> dict[int | None, dict[int, bool]]:

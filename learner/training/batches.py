@@ -12,8 +12,9 @@ import numpy as np
 from sqlalchemy import Connection
 
 from learner.config import LearnerConfig
-from learner.mixing import BucketInfo, MixedBatch, bucket_catalog, compose_batch
+from learner.mixing import MixedBatch, compose_batch
 from learner.replay import ReplayStore
+from learner.store.buckets import BucketInfo, bucket_catalog
 
 
 class BatchSource:

@@ -30,10 +30,12 @@ from sqlalchemy import Connection, Engine, select
 
 from learner import registry
 from learner.evaluation.gate import GateConfig
-from learner.evaluation.probes import ProbeAnswer, ProbeSet, answer_probes, load_probe_sets
+from learner.evaluation.probes import ProbeAnswer, answer_probes
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
+from learner.store.buckets import bucket_ids_of_kind
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
-from learner.store.models import AdapterVersion, Bucket
+from learner.store.models import AdapterVersion
+from learner.store.probes import ProbeSet, load_probe_sets
 from learner.training.replica import EvalReplica
 from learner.training.step import Trainer
 from learner.worker.evidence import Answerer, Model, References
@@ -214,7 +216,7 @@ class CandidateMaker:
     def _probe_sets(self, conn: Connection, active: Model, trained: list[int]) -> list[ProbeSet]:
         """Samples of every learned bucket, every bucket trained since the active version,
         and every alignment bucket."""
-        alignment = conn.execute(select(Bucket.id).where(Bucket.kind == "alignment")).scalars()
+        alignment = bucket_ids_of_kind(conn, "alignment")
         ids = set(evaluated_bucket_ids(conn, active)) | set(trained) | set(alignment)
         return load_probe_sets(
             conn, sorted(ids), self.gate.eval_max_probes, self.gate.alignment_max_probes

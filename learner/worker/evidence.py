@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from learner.evaluation.gate import BucketEvidence, GateConfig, RateEvidence
 from learner.evaluation.metrics import lineage_of
-from learner.evaluation.probes import ProbeAnswer, ProbeSet
+from learner.evaluation.probes import ProbeAnswer
 from learner.store.evaluations import StoredAnswer
+from learner.store.probes import ProbeSet
 
 # Answers a model gives to a probe set (the candidate, the active version or the base).
 Answerer = Callable[[ProbeSet], list[ProbeAnswer]]

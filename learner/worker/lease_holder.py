@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from learner import lease
+from learner.store import lease
 from learner.store.db import write_transaction
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from sqlalchemy import Engine
 
-from learner import control
 from learner.checkpoint import CheckpointDir
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
 from learner.curriculum import Curriculum
@@ -41,6 +40,7 @@ from learner.difficulty import DifficultyScorer, EnsembleContext, start_scorer
 from learner.evaluation.gate import GateConfig
 from learner.modeling import pick_device
 from learner.replay import ReplayConfig, ReplayStore
+from learner.store import control
 from learner.store.db import write_transaction
 from learner.store.difficulty import bucket_difficulties
 from learner.store.teacher import save_snapshot

@@ -13,15 +13,10 @@ from sqlalchemy import Connection, Engine
 
 from learner.curriculum import Curriculum, Rest
 from learner.difficulty import DifficultyScorer
-from learner.evaluation.probes import (
-    answer_probes,
-    greedy_answers,
-    load_probe_sets,
-    load_watch_set,
-    probe_loss,
-)
-from learner.mixing import BucketInfo
+from learner.evaluation.probes import answer_probes, greedy_answers, probe_loss
+from learner.store.buckets import BucketInfo
 from learner.store.difficulty import BucketDifficulty, bucket_difficulties, item_parameters
+from learner.store.probes import load_probe_sets, load_watch_set
 from learner.store.teacher import record_decision
 from learner.training.step import Trainer
 from learner.worker.candidates import CandidateOutcome

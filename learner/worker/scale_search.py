@@ -48,7 +48,8 @@ from peft.utils import load_peft_weights
 from safetensors.torch import save_file
 
 from learner.evaluation.gate import GateConfig, GateReport, run_gate
-from learner.evaluation.probes import ProbeAnswer, ProbeSet
+from learner.evaluation.probes import ProbeAnswer
+from learner.store.probes import ProbeSet
 from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
 
 ScaledAnswerer = Callable[[float], Answerer]  # scale -> the candidate's answers at that scale

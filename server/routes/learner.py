@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, status
 from pydantic import BaseModel
 
-from learner import control, lease
+from learner.store import control, lease
 from learner.store.db import write_transaction
 from server.deps import Admin, ReadConn, Reader, State
 from server.schemas import API_ERRORS

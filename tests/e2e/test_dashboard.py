@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 
-from learner import lease, registry
+from learner import registry
+from learner.store import lease
 from learner.store.db import make_engine, write_transaction
 from learner.store.difficulty import replace_item_fit
 from learner.store.evaluations import record_results

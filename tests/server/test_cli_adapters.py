@@ -9,7 +9,7 @@ from typing import Any
 from cli_support import WIDTH, describe, invoke, rows_of, run_ok, table_rows, widest_line
 from sqlalchemy import Engine, select
 
-from learner import lease
+from learner.store import lease
 from learner.store.db import write_transaction
 from learner.store.evaluations import record_results
 from learner.store.ingest import NewExample, ingest_batch

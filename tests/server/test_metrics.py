@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
-from learner import lease
 from learner.evaluation.gate import Check, GateReport
+from learner.store import lease
 from learner.store.buckets import get_bucket
 from learner.store.db import write_transaction
 from learner.store.teacher import DecisionRecord, record_decision

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from learner import control, registry
+from learner import registry
+from learner.store import control
 from learner.store.db import write_transaction
 from server.inference import UnknownModel, parse_model_name
 

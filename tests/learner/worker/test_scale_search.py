@@ -15,10 +15,11 @@ from sqlalchemy import Engine
 from learner import registry
 from learner.config import LearnerConfig
 from learner.evaluation.gate import GateConfig
-from learner.evaluation.probes import ProbeAnswer, ProbeSet
+from learner.evaluation.probes import ProbeAnswer
 from learner.modeling import encode_examples, load_base, per_example_loss
 from learner.store.db import write_transaction
 from learner.store.evaluations import StoredAnswer
+from learner.store.probes import ProbeSet
 from learner.tasks import REFUSAL
 from learner.training.step import Trainer, lora_config
 from learner.worker.candidates import CandidateMaker, CandidateOutcome

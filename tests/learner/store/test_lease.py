@@ -1,6 +1,6 @@
 """The training lease is judged by the database's clock (SQLite and PostgreSQL).
 
-A learner's own clock can be off: tests shift the clock that ``learner.lease`` sees
+A learner's own clock can be off: tests shift the clock that ``learner.store.lease`` sees
 (``datetime.now``, which it used to read) and check that nothing about the lease moves.
 """
 
@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, tzinfo
 import pytest
 from sqlalchemy import Engine, update
 
-from learner import lease
+from learner.store import lease
 from learner.store.db import write_transaction
 from learner.store.models import LearnerLease
 
@@ -21,7 +21,7 @@ HOUR = timedelta(hours=1)
 
 
 def skew_local_clock(monkeypatch: pytest.MonkeyPatch, by: timedelta) -> None:
-    """Make ``datetime.now`` inside ``learner.lease`` run ``by`` ahead (or behind)."""
+    """Make ``datetime.now`` inside ``learner.store.lease`` run ``by`` ahead (or behind)."""
 
     class SkewedDatetime(datetime):
         @classmethod

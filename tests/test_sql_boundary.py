@@ -1,0 +1,78 @@
+"""All SQL lives in ``learner/store/`` and ``learner/replay/``: a schema change reaches those
+packages only. Checked on the source (an AST walk, nothing imported), so that a statement
+written anywhere else fails here with its file and line."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("learner", "server", "teacher")
+SQL_HOMES = ("learner/store/", "learner/replay/")
+#: What code outside the homes may import from sqlalchemy: the types it passes along.
+ALLOWED_NAMES = {"Connection", "Engine"}
+#: Methods that run a statement.
+EXECUTING = {"execute", "exec_driver_sql", "scalar", "scalars", "scalar_one", "scalar_one_or_none"}
+#: Files that still hold SQL, each to be moved into learner/store/ (issue 20). The list can
+#: only shrink: a listed file that no longer offends fails the test too.
+KNOWN = {
+    "learner/registry.py",
+    "learner/worker/candidates.py",
+    "server/metrics_store.py",
+}
+
+
+def offences(source: str) -> list[tuple[int, str]]:
+    """(line, reason) of every SQL construct in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy"):
+            if node.module == "sqlalchemy.exc":
+                continue
+            names = {alias.name for alias in node.names} - ALLOWED_NAMES
+            if names or node.module != "sqlalchemy":
+                found.append((node.lineno, f"imports {sorted(names)} from {node.module}"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("sqlalchemy") and alias.name != "sqlalchemy.exc":
+                    found.append((node.lineno, f"imports {alias.name}"))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in EXECUTING
+        ):
+            found.append((node.lineno, f"calls .{node.func.attr}()"))
+    return found
+
+
+def scanned() -> dict[str, list[tuple[int, str]]]:
+    files = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+    return {
+        rel: offences(path.read_text())
+        for path in files
+        if not (rel := path.relative_to(ROOT).as_posix()).startswith(SQL_HOMES)
+    }
+
+
+def test_the_checker_flags_sql() -> None:
+    source = "from sqlalchemy import Engine, select\nimport sqlalchemy as sa\nconn.execute(q)\n"
+    assert [line for line, _ in offences(source)] == [1, 2, 3]
+    assert (
+        offences("from sqlalchemy import Connection\nfrom sqlalchemy.exc import OperationalError\n")
+        == []
+    )
+
+
+def test_no_sql_outside_the_store_and_the_replay_packages() -> None:
+    files = scanned()
+    assert len(files) > 50, "the walk found too few files: wrong root?"
+    new = [
+        f"{rel}:{line}: {why}"
+        for rel, hits in files.items()
+        if rel not in KNOWN
+        for line, why in hits
+    ]
+    assert not new, "SQL outside learner/store and learner/replay:\n" + "\n".join(new)
+    moved = sorted(rel for rel in KNOWN if not files.get(rel))
+    assert not moved, f"no SQL left in {moved}: take them off KNOWN"
