@@ -24,17 +24,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection
 
 from learner.store.models import AdapterVersion, RegistryEvent
+from learner.store.registry import (  # the rows, re-exported: callers use registry.<name>
+    ACTIVE_CHANGES as ACTIVE_CHANGES,
+    active_version as active_version,
+    add_provenance as add_provenance,
+    events_since as events_since,
+    get_version as get_version,
+    history as history,
+    insert_event,
+    insert_version,
+    last_event_id as last_event_id,
+    list_versions as list_versions,
+    mark_complete,
+    newest_event as newest_event,
+    next_version,
+    parents as parents,
+    set_status as set_status,
+    update_files as update_files,
+    version_paths as version_paths,
+    was_active as was_active,
+)
 
 log = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTERS_DIR = "adapters"
 #: Statuses whose files may be served or used as a reference.
 SERVABLE = ("candidate", "promoted")
-#: Events that change the active version (a ``reset`` only records the learner's lineage).
-ACTIVE_CHANGES = ("promote", "force", "rollback")
 
 
 class VersionUnavailable(LookupError):
@@ -59,28 +77,20 @@ def resolve_path(data_dir: Path, stored: str) -> Path:
     return path if path.is_absolute() else data_dir / path
 
 
-def next_version(conn: Connection) -> int:
-    return (
-        int(conn.execute(select(func.coalesce(func.max(AdapterVersion.version), 0))).scalar_one())
-        + 1
-    )
-
-
 def reserve_version(conn: Connection, parent: int | None, base_model: str, train_step: int) -> int:
     """Insert a ``pending`` row under the next version number and return the number."""
     version = next_version(conn)
-    conn.execute(
-        insert(AdapterVersion).values(
-            version=version,
-            parent_version=parent,
-            base_model=base_model,
-            path=version_relpath(version),
-            sha256="",
-            train_step=train_step,
-            status="pending",
-            provenance={},
-            metrics={},
-        )
+    insert_version(
+        conn,
+        version=version,
+        parent_version=parent,
+        base_model=base_model,
+        path=version_relpath(version),
+        sha256="",
+        train_step=train_step,
+        status="pending",
+        provenance={},
+        metrics={},
     )
     return version
 
@@ -89,12 +99,7 @@ def complete_version(
     conn: Connection, version: int, sha256: str, provenance: dict[str, Any]
 ) -> None:
     """The files of a reserved version are in place: record their hash; now a candidate."""
-    done = conn.execute(
-        update(AdapterVersion)
-        .where(AdapterVersion.version == version, AdapterVersion.status == "pending")
-        .values(sha256=sha256, provenance=provenance, status="candidate")
-    )
-    if done.rowcount:
+    if mark_complete(conn, version, sha256, provenance):
         _log_candidate(version, provenance)
 
 
@@ -117,80 +122,19 @@ def record_version(
     metrics: dict[str, Any],
 ) -> None:
     """Record an already written version directory as a candidate in one step."""
-    conn.execute(
-        insert(AdapterVersion).values(
-            version=version,
-            parent_version=provenance.get("parent_version"),
-            base_model=str(provenance["base_model"]),
-            path=str(path),
-            sha256=sha256_file(path / ADAPTER_WEIGHTS),
-            train_step=int(provenance["train_step"]),
-            status="candidate",
-            provenance=provenance,
-            metrics=metrics,
-        )
+    insert_version(
+        conn,
+        version=version,
+        parent_version=provenance.get("parent_version"),
+        base_model=str(provenance["base_model"]),
+        path=str(path),
+        sha256=sha256_file(path / ADAPTER_WEIGHTS),
+        train_step=int(provenance["train_step"]),
+        status="candidate",
+        provenance=provenance,
+        metrics=metrics,
     )
     _log_candidate(version, provenance)
-
-
-def get_version(conn: Connection, version: int) -> AdapterVersion | None:
-    row = conn.execute(
-        select(AdapterVersion.__table__).where(AdapterVersion.version == version)
-    ).first()
-    return AdapterVersion(**row._mapping) if row else None
-
-
-def list_versions(conn: Connection) -> list[AdapterVersion]:
-    rows = conn.execute(select(AdapterVersion.__table__).order_by(AdapterVersion.version))
-    return [AdapterVersion(**row._mapping) for row in rows]
-
-
-def parents(conn: Connection) -> dict[int, int | None]:
-    """version -> parent version, for every version (lineages are followed through it)."""
-    rows = conn.execute(select(AdapterVersion.version, AdapterVersion.parent_version))
-    return {r.version: r.parent_version for r in rows}
-
-
-def update_files(conn: Connection, version: int, sha256: str, provenance: dict[str, Any]) -> None:
-    """A version's files were rewritten (a scaled candidate): their hash and provenance."""
-    conn.execute(
-        update(AdapterVersion)
-        .where(AdapterVersion.version == version)
-        .values(sha256=sha256, provenance=provenance)
-    )
-
-
-def add_provenance(conn: Connection, version: int, extra: dict[str, Any]) -> None:
-    """Add entries to a version's recorded provenance (its files stay as they are)."""
-    row = get_version(conn, version)
-    if row is not None:
-        provenance = {**(row.provenance or {}), **extra}
-        conn.execute(
-            update(AdapterVersion)
-            .where(AdapterVersion.version == version)
-            .values(provenance=provenance)
-        )
-
-
-def set_status(
-    conn: Connection, version: int, status: str, gate_report: dict[str, Any] | None = None
-) -> None:
-    values: dict[str, Any] = {"status": status}
-    if gate_report is not None:
-        values["gate_report"] = gate_report
-    conn.execute(update(AdapterVersion).where(AdapterVersion.version == version).values(values))
-
-
-def active_version(conn: Connection) -> int | None:
-    """The version the newest registry event made active (None: the base model)."""
-    row = conn.execute(
-        select(RegistryEvent.to_version).order_by(RegistryEvent.id.desc()).limit(1)
-    ).first()
-    return row.to_version if row else None
-
-
-def last_event_id(conn: Connection) -> int:
-    return int(conn.execute(select(func.coalesce(func.max(RegistryEvent.id), 0))).scalar_one())
 
 
 def log_event(
@@ -201,15 +145,7 @@ def log_event(
     Every event, from the API or the learner, is logged here once with its reason (the
     callers commit right after; a commit that fails is reported by them)."""
     from_version = active_version(conn)
-    conn.execute(
-        insert(RegistryEvent).values(
-            action=action,
-            actor=actor,
-            from_version=from_version,
-            to_version=to_version,
-            reason=reason,
-        )
-    )
+    insert_event(conn, action, actor, from_version, to_version, reason)
     log.info(
         "registry: %s %s -> %s by %s: %s",
         action,
@@ -245,38 +181,6 @@ def rollback(conn: Connection, to_version: int | None, actor: str, reason: str) 
 def log_reset(conn: Connection, actor: str, reason: str) -> None:
     """The learner went back to the active version's weights (the active one is unchanged)."""
     log_event(conn, "reset", actor, active_version(conn), reason)
-
-
-def newest_event(conn: Connection) -> RegistryEvent | None:
-    """The newest registry event (in a write transaction: the one just logged)."""
-    row = conn.execute(
-        select(RegistryEvent.__table__).order_by(RegistryEvent.id.desc()).limit(1)
-    ).first()
-    return RegistryEvent(**row._mapping) if row else None
-
-
-def was_active(conn: Connection, version: int) -> bool:
-    """Whether an event ever made ``version`` the active one."""
-    row = conn.execute(
-        select(RegistryEvent.id)
-        .where(RegistryEvent.to_version == version, RegistryEvent.action.in_(ACTIVE_CHANGES))
-        .limit(1)
-    ).first()
-    return row is not None
-
-
-def history(conn: Connection) -> list[RegistryEvent]:
-    rows = conn.execute(select(RegistryEvent.__table__).order_by(RegistryEvent.id))
-    return [RegistryEvent(**row._mapping) for row in rows]
-
-
-def events_since(conn: Connection, after_id: int) -> list[RegistryEvent]:
-    rows = conn.execute(
-        select(RegistryEvent.__table__)
-        .where(RegistryEvent.id > after_id)
-        .order_by(RegistryEvent.id)
-    )
-    return [RegistryEvent(**row._mapping) for row in rows]
 
 
 def active_stack(events: list[RegistryEvent]) -> list[int | None]:

@@ -30,18 +30,13 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from learner import registry
 from learner.evaluation.gate import RETENTION
-from learner.store import lease
+from learner.store import lease, stats
 from learner.store.models import (
     REGISTRY_ACTIONS,
-    AdapterVersion,
-    Bucket,
-    Example,
-    RegistryEvent,
-    TeacherDecision,
 )
 
 if TYPE_CHECKING:
@@ -112,14 +107,11 @@ class StoreCollector(Collector):
 
     def _gate(self, conn: Connection) -> list[Metric]:
         """Versions per gate verdict and reason; reports not seen before are parsed once."""
-        with_report = AdapterVersion.gate_report.is_not(None)
-        query = select(AdapterVersion.version).where(with_report)
-        versions = list(conn.execute(query).scalars())
+        versions = stats.judged_versions(conn)
         missing = [v for v in versions if v not in self._verdicts]
         for start in range(0, len(missing), _CHUNK):
-            chunk = missing[start : start + _CHUNK]
-            reports = select(AdapterVersion.version, AdapterVersion.gate_report)
-            for version, report in conn.execute(reports.where(AdapterVersion.version.in_(chunk))):
+            reports = stats.gate_reports(conn, missing[start : start + _CHUNK])
+            for version, report in reports.items():
                 self._verdicts[version] = gate_verdict(report)
         judged = (self._verdicts.get(v) for v in versions)
         counts = Counter(verdict for verdict in judged if verdict is not None)
@@ -180,14 +172,7 @@ def _failed_retention(checks: list[dict[str, Any]]) -> set[str]:
 
 
 def _examples(conn: Connection) -> list[Metric]:
-    counts = (
-        select(Example.bucket_id, func.count().label("n")).group_by(Example.bucket_id).subquery()
-    )
-    rows = conn.execute(
-        select(Bucket.name, func.coalesce(counts.c.n, 0))
-        .outerjoin(counts, counts.c.bucket_id == Bucket.id)
-        .order_by(Bucket.name)
-    )
+    rows = stats.examples_per_bucket(conn)
     family = CounterMetricFamily(
         "lifelong_examples_ingested_total",
         "Examples stored per bucket (train and probe; duplicates are not stored).",
@@ -199,13 +184,7 @@ def _examples(conn: Connection) -> list[Metric]:
 
 
 def _teacher(conn: Connection) -> list[Metric]:
-    d = TeacherDecision
-    rows = conn.execute(
-        select(Bucket.name, func.count())
-        .select_from(d)
-        .outerjoin(Bucket, Bucket.id == d.bucket_id)
-        .group_by(Bucket.name)
-    )
+    rows = stats.decisions_per_bucket(conn)
     decisions = CounterMetricFamily(
         "lifelong_teacher_decisions_total",
         "Rounds in which the teacher chose the bucket as its focus.",
@@ -225,11 +204,7 @@ def _teacher(conn: Connection) -> list[Metric]:
 
 def _registry(conn: Connection) -> list[Metric]:
     active = registry.active_version(conn)
-    counts = dict(
-        conn.execute(
-            select(RegistryEvent.action, func.count()).group_by(RegistryEvent.action)
-        ).all()
-    )
+    counts = stats.registry_event_counts(conn)
     events = CounterMetricFamily(
         "lifelong_registry_events_total",
         "Changes of the active version (promote, force, rollback) and learner resets.",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from peft.utils import load_peft_weights
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
 
 from learner import registry
 from learner.evaluation.gate import GateConfig
@@ -34,7 +34,6 @@ from learner.evaluation.probes import ProbeAnswer, answer_probes
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
 from learner.store.buckets import bucket_ids_of_kind
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
-from learner.store.models import AdapterVersion
 from learner.store.probes import ProbeSet, load_probe_sets
 from learner.training.replica import EvalReplica
 from learner.training.step import Trainer
@@ -103,15 +102,11 @@ class CandidateMaker:
         if adapters.is_dir():
             remove_stale_temporaries(adapters)
         with self.fenced() as conn:
-            pending = conn.execute(
-                select(AdapterVersion.version, AdapterVersion.path).where(
-                    AdapterVersion.status == "pending"
-                )
-            ).all()
-            for row in pending:
-                shutil.rmtree(registry.resolve_path(self.data_dir, row.path), ignore_errors=True)
+            pending = registry.version_paths(conn, ["pending"])
+            for version, stored in pending:
+                shutil.rmtree(registry.resolve_path(self.data_dir, stored), ignore_errors=True)
                 note = {"verdict": "abandoned", "summary": "the learner stopped while saving it"}
-                registry.set_status(conn, row.version, "retired", note)
+                registry.set_status(conn, version, "retired", note)
         if pending:
             log.warning("retired %d version(s) left pending by a crash", len(pending))
 
@@ -138,20 +133,16 @@ class CandidateMaker:
         ``keep_candidates`` (never the active version's); their rows become ``retired``."""
         with self.engine.connect() as conn:
             active = registry.active_version(conn)
-            rows = conn.execute(
-                select(AdapterVersion.version, AdapterVersion.path)
-                .where(AdapterVersion.status.in_(("candidate", "rejected")))
-                .order_by(AdapterVersion.version.desc())
-            ).all()
-        old = [r for r in rows[self.gate.keep_candidates :] if r.version != active]
+            rows = registry.version_paths(conn, ["candidate", "rejected"], newest_first=True)
+        old = [(v, stored) for v, stored in rows[self.gate.keep_candidates :] if v != active]
         if not old:
             return []
         with self.fenced() as conn:
-            for row in old:
-                registry.set_status(conn, row.version, "retired")
-        for row in old:  # after the commit: a retired row never points at files in use
-            shutil.rmtree(registry.resolve_path(self.data_dir, row.path), ignore_errors=True)
-        return [r.version for r in old]
+            for version, _ in old:
+                registry.set_status(conn, version, "retired")
+        for _, stored in old:  # after the commit: a retired row never points at files in use
+            shutil.rmtree(registry.resolve_path(self.data_dir, stored), ignore_errors=True)
+        return [version for version, _ in old]
 
     # --- evaluation --------------------------------------------------------------------
 
