@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from learner.store.difficulty import (
     PendingExample,
     answer_matrix,
     count_answered,
+    group_by_grader,
     insert_answers,
     pending_examples,
     replace_item_fit,
@@ -61,14 +61,6 @@ class Member(Protocol):
     name: str
 
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]: ...
-
-
-def group_by_grader(items: Sequence[PendingExample]) -> dict[str, list[PendingExample]]:
-    """Examples by their bucket's grader (each member answers a grader's group together)."""
-    groups: dict[str, list[PendingExample]] = defaultdict(list)
-    for item in items:
-        groups[item.grader].append(item)
-    return groups
 
 
 def _retry_after(header: str | None) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.graders import get_grader
-from learner.store.difficulty import MemberAnswer, PendingExample
+from learner.store.difficulty import MemberAnswer, PendingExample, group_by_grader
 
 VLLM_PREFIX = "vllm:"
 
@@ -58,8 +58,6 @@ class VllmMember:
 
     def answer(self, items: Sequence[PendingExample]) -> list[MemberAnswer]:
         from vllm import SamplingParams
-
-        from learner.difficulty import group_by_grader  # it imports this module lazily
 
         llm = self._engine()
         greedy = SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0)

@@ -7,6 +7,7 @@ IRT fit per example. Callers own the transactions.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -202,3 +203,11 @@ def item_parameters(conn: Connection, example_ids: Sequence[int]) -> dict[int, t
         ).where(ItemDifficulty.example_id.in_(list(example_ids)))
     )
     return {int(i): (float(b), 1.0 if a is None else float(a)) for i, b, a in rows}
+
+
+def group_by_grader(items: Sequence[PendingExample]) -> dict[str, list[PendingExample]]:
+    """Examples by their bucket's grader (each member answers a grader's group together)."""
+    groups: dict[str, list[PendingExample]] = defaultdict(list)
+    for item in items:
+        groups[item.grader].append(item)
+    return groups
