@@ -196,20 +196,20 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
     learner.lease.keep(force=True)
     learner.start_scorer()
     batches: list[Batch] = []
-    step = learner.trainer.step
+    step = learner.parts.trainer.step
 
     def recording_step(examples: Batch, weights: np.ndarray, distill: Any = None) -> Any:
         batches.append(list(examples))  # the bare loop replays these without the KL term
         return step(examples, weights, distill=distill)
 
-    learner.trainer.step = recording_step  # type: ignore[method-assign]
+    learner.parts.trainer.step = recording_step  # type: ignore[method-assign]
     timer = PartTimer()
-    timer.wrap(learner.trainer, "step", "train step")
-    timer.wrap(learner.batches, "batch", "batch composition")
-    timer.wrap(learner.rounds, "end_round", "round-end evaluation")
-    timer.wrap(learner, "make_candidate", "candidates")
-    # In the background: what the training thread still spends on them (save, hand-over,
-    # taking in the verdict); the judging runs on the replica's thread.
+    timer.wrap(learner.parts.trainer, "step", "train step")
+    timer.wrap(learner.parts.batches, "batch", "batch composition")
+    timer.wrap(learner.parts.rounds, "end_round", "round-end evaluation")
+    # Inline, the whole candidate; in the background, what the training thread still
+    # spends on it (save, hand-over, taking in the verdict): the judging runs on the
+    # replica's thread.
     timer.wrap(learner, "start_candidate", "candidates")
     timer.wrap(learner, "collect_candidate", "candidates")
     timer.wrap(learner, "save_checkpoint", "checkpoints")
@@ -225,7 +225,7 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
         wall = time.perf_counter() - start
     finally:
         learner.stop_scorer()
-        learner.store.close()
+        learner.parts.close()
         learner.lease.release()
         engine.dispose()
     parts = {k: round(v, 3) for k, v in timer.seconds.items()}

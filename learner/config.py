@@ -273,7 +273,7 @@ class DifficultyConfig:
     max_new_tokens: int = 256
     irt_model: str = "1pl"
     # What IRT is fitted to: "likelihood" (wrong answers score their per-token target
-    # probability, so buckets every member fails still rank; teacher.difficulty
+    # probability, so buckets every member fails still rank; teacher.irt
     # .likelihood_responses) or "correctness" (0/1 only).
     responses: str = "likelihood"
     # Refit when the number of scored examples grew by this share since the last fit.

@@ -20,7 +20,7 @@ import numpy as np
 
 from learner.config import TeacherConfig
 from learner.store.teacher import DecisionRecord
-from teacher.difficulty import estimate_ability
+from teacher.irt import estimate_ability
 from teacher.harm import HarmWatch
 from teacher.policies import make_policy
 

@@ -1,7 +1,7 @@
 """The difficulty ensemble: models of different capability answer every example, and an
 item-response model fitted to their answers (correctness, with the target likelihood as
 partial credit for wrong answers) gives each example a difficulty (PUDF's
-"artificial crowd"; the fit itself is the pure :mod:`teacher.difficulty`).
+"artificial crowd"; the fit itself is the pure :mod:`teacher.irt`).
 
 Members:
 - the base model, and for ``builtin:<preset>`` its bootstrap checkpoints (weaker stages of
@@ -48,7 +48,7 @@ from learner.store.difficulty import (
     pending_examples,
     replace_item_fit,
 )
-from teacher.difficulty import fit_irt, likelihood_responses
+from teacher.irt import fit_irt, likelihood_responses
 
 log = logging.getLogger(__name__)
 OPENAI_PREFIX = "openai:"

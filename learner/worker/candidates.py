@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from learner.store.probes import ProbeSet, load_probe_sets
 from learner.training.replica import EvalReplica
 from learner.training.step import Trainer
 from learner.worker.evidence import Answerer, Model, References
+from learner.worker.lease_holder import Fenced
 from learner.worker.scale_search import (
     SearchResult,
     Weights,
@@ -50,8 +51,6 @@ from learner.worker.scale_search import (
 log = logging.getLogger(__name__)
 LEARNER_ACTOR = "learner"
 REFERENCE_ADAPTER = "reference"
-
-Fenced = Callable[[], AbstractContextManager[Connection]]
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,8 @@ class CandidateMaker:
         self.data_dir = data_dir
         self.gate = gate
         self.max_new_tokens = max_new_tokens
+        self._pool: ThreadPoolExecutor | None = None  # the replica's judge, made when needed
+        self._judging: Future[CandidateOutcome] | None = None
 
     # --- files -------------------------------------------------------------------------
 
@@ -233,11 +234,39 @@ class CandidateMaker:
 
     # --- the candidate -----------------------------------------------------------------
 
-    def make(
+    def start(
         self, parent: Model, step: int, trained: list[int], provenance: dict[str, Any]
-    ) -> CandidateOutcome:
-        """Save the trained weights as a candidate and judge it (:meth:`judge`)."""
-        return self.judge(self.save(parent, step, provenance), step, trained)
+    ) -> int:
+        """Save the trained weights as a candidate and have it judged (:meth:`judge`): on
+        the replica in the background while training goes on, or without one here and now.
+        :meth:`collect` takes the outcome in. One at a time: collect the previous first."""
+        if self._judging is not None:
+            raise RuntimeError("the previous candidate has not been collected")
+        version = self.save(parent, step, provenance)
+        if self.replica is None:
+            self._judging = Future()
+            self._judging.set_result(self.judge(version, step, trained))
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="candidate-judge")
+            self._judging = self._pool.submit(self.judge, version, step, trained)
+        return version
+
+    def collect(self, wait: bool) -> CandidateOutcome | None:
+        """The started candidate's outcome once it is judged (``wait``: block until then);
+        None if there is none or it is not ready. Errors of the judge (LeaseLost too)
+        surface here, on the caller's thread."""
+        judging = self._judging
+        if judging is None or not (wait or judging.done()):
+            return None
+        self._judging = None
+        return judging.result()
+
+    def close(self) -> None:
+        """Wait for a background judge and stop its thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def judge(self, version: int, step: int, trained: list[int]) -> CandidateOutcome:
         """Evaluate a saved candidate, run the gate, record the verdict, prune old files.

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -15,6 +15,8 @@ from learner.store import lease
 from learner.store.db import write_transaction
 
 log = logging.getLogger(__name__)
+#: A write transaction that fails (:class:`LeaseLost`) unless this learner holds the lease.
+Fenced = Callable[[], AbstractContextManager[Connection]]
 
 
 class LeaseLost(RuntimeError):

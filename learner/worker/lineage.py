@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from sqlalchemy import Connection
 from learner import registry
 from learner.training.step import Trainer
 from learner.worker.candidates import LEARNER_ACTOR, CandidateOutcome
+from learner.worker.lease_holder import Fenced
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,7 @@ class Lineage:
         self,
         trainer: Trainer,
         data_dir: Path,
-        fenced: Callable[[], AbstractContextManager[Connection]],
+        fenced: Fenced,
         reset_after: int,
     ) -> None:
         self.trainer = trainer

@@ -6,20 +6,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from learner.curriculum import Curriculum, Rest
 from learner.difficulty import DifficultyScorer
 from learner.evaluation.probes import answer_probes, greedy_answers, probe_loss
 from learner.store.buckets import BucketInfo
-from learner.store.difficulty import BucketDifficulty, bucket_difficulties, item_parameters
+from learner.store.difficulty import bucket_difficulties, item_parameters
 from learner.store.probes import load_probe_sets, load_watch_set
 from learner.store.teacher import record_decision
 from learner.training.step import Trainer
 from learner.worker.candidates import CandidateOutcome
+from learner.worker.lease_holder import Fenced
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class RoundKeeper:
         engine: Engine,
         curriculum: Curriculum,
         trainer: Trainer,
-        fenced: Callable[[], AbstractContextManager[Connection]],
+        fenced: Fenced,
         is_refusal: Callable[[str], bool],
     ) -> None:
         self.engine = engine
@@ -61,8 +61,7 @@ class RoundKeeper:
         # at start, for fits stored by an earlier run).
         fits = scorer.fits if scorer is not None else 0
         if fits != self._difficulty_fits:
-            with self.engine.connect() as conn:
-                self.set_difficulties(bucket_difficulties(conn), buckets)
+            self.refresh_difficulties(buckets)
             self._difficulty_fits = fits
         if self.curriculum.harm.needs_baseline:  # so that this round is charged too
             rate = self._watched_rate()
@@ -78,9 +77,10 @@ class RoundKeeper:
         self._focused.add(decided.arm)
         return decided.arm
 
-    def set_difficulties(
-        self, fitted: dict[int, BucketDifficulty], buckets: dict[str, BucketInfo]
-    ) -> None:
+    def refresh_difficulties(self, buckets: dict[str, BucketInfo]) -> None:
+        """Give the teacher the buckets' difficulties as last fitted by the ensemble."""
+        with self.engine.connect() as conn:
+            fitted = bucket_difficulties(conn)
         names = {info.id: name for name, info in buckets.items()}
         self.curriculum.set_difficulties(
             {names[i]: d.difficulty for i, d in fitted.items() if i in names}

@@ -7,7 +7,7 @@ import pytest
 
 from learner.config import TeacherConfig
 from learner.curriculum import Curriculum
-from teacher.difficulty import estimate_ability
+from teacher.irt import estimate_ability
 
 IDS = {"a": 1, "b": 2, "c": 3}
 

@@ -86,10 +86,10 @@ def test_steps_version_and_identical_logits(
     assert registry.sha256_file(path / registry.ADAPTER_WEIGHTS) == saved.sha256
 
     # The saved version, loaded with plain peft, computes what the learner computed.
-    batch = encode_examples(learner.tokenizer, [("copy ab =", "ab")], 64)
-    learner.model.eval()
+    batch = encode_examples(learner.parts.trainer.tokenizer, [("copy ab =", "ab")], 64)
+    learner.parts.trainer.model.eval()
     with torch.no_grad():
-        expected = learner.model(input_ids=batch.input_ids).logits
+        expected = learner.parts.trainer.model(input_ids=batch.input_ids).logits
         base = AutoModelForCausalLM.from_pretrained(micro_model_dir)
         loaded = PeftModel.from_pretrained(base, str(path)).eval()
         got = loaded(input_ids=batch.input_ids).logits
@@ -100,13 +100,14 @@ def test_resumes_from_checkpoint(engine: Engine, tmp_path: Path, micro_model_dir
     submit(engine, "copy-l1", "copy")
     first = make_learner(engine, tmp_path, micro_model_dir, max_steps=3, candidate_every=100)
     first.run()
-    weights = {k: v.clone() for k, v in first.model.state_dict().items() if "lora_" in k}
+    state = first.parts.trainer.model.state_dict()
+    weights = {k: v.clone() for k, v in state.items() if "lora_" in k}
     second = make_learner(engine, tmp_path, micro_model_dir, max_steps=5, candidate_every=100)
     second.wait_for_lease(threading.Event())
     second.setup()
     assert second.state.step == 3
     assert second.state.rng == first.rng.bit_generator.state
-    for key, value in second.model.state_dict().items():
+    for key, value in second.parts.trainer.model.state_dict().items():
         if key in weights:
             torch.testing.assert_close(value, weights[key])
     lease.release(engine, second.holder)
@@ -125,7 +126,7 @@ def test_pause_stops_training(engine: Engine, tmp_path: Path, micro_model_dir: P
     with write_transaction(engine) as conn:
         control.submit_command(conn, "resume", "test")
     assert learner.tick() is True and learner.state.step == 1
-    learner.store.close()
+    learner.parts.close()
     lease.release(engine, learner.holder)
 
 
@@ -170,7 +171,7 @@ def test_trains_on_cuda(engine: Engine, tmp_path: Path, micro_model_dir: Path) -
     learner = make_learner(engine, tmp_path, micro_model_dir, max_steps=4, device="cuda")
     learner.run()
     assert learner.state.step == 4
-    assert next(learner.model.parameters()).device.type == "cuda"
+    assert next(learner.parts.trainer.model.parameters()).device.type == "cuda"
 
 
 def test_trains_through_the_replay_store(
@@ -193,7 +194,7 @@ def test_trains_through_the_replay_store(
         ).all()  # fmt: skip
     assert rows, "no priority was written back"
     for priority, last_loss, _ in rows:
-        assert priority == pytest.approx(last_loss + learner.replay_config.eps)
+        assert priority == pytest.approx(last_loss + learner.spec.replay.eps)
 
 
 def test_anchors_carry_their_weight_and_the_rest_importance_weights(engine: Engine) -> None:
@@ -307,12 +308,12 @@ def test_learner_scores_difficulty_in_the_background(
             learner.tick()
     finally:
         learner.stop_scorer()
-        learner.store.close()
+        learner.parts.close()
         lease.release(engine, learner.holder)
     with engine.connect() as conn:
         fitted = conn.execute(select(func.count()).select_from(ItemDifficulty)).scalar_one()
     assert fitted == 30
-    learner.refresh_difficulty()
+    learner.parts.rounds.refresh_difficulties(learner.parts.batches.buckets)
     assert set(learner.curriculum.difficulty) == {"copy-l1"}
 
 

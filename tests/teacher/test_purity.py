@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = (
-    "import sys; import teacher, teacher.policies, teacher.difficulty, teacher.progress; "
+    "import sys; import teacher, teacher.policies, teacher.irt, teacher.progress; "
     "bad = [m for m in ('torch', 'sqlalchemy', 'httpx', 'fastapi', 'learner', 'server') "
     "if m in sys.modules]; assert not bad, bad"
 )

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from teacher.difficulty import estimate_ability, fit_irt, likelihood_responses
+from teacher.irt import estimate_ability, fit_irt, likelihood_responses
 
 
 def synthetic(seed: int, two_pl: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
