@@ -223,12 +223,13 @@ def _snapshot(engine: Any, data_dir: Path, snapshots: Path) -> dict[str, Any]:
 
 
 def _store(
-    work: Path, family: str, examples: int, seed: int, foundation: bool
+    work: Path, family: str, examples: int, seed: int, foundation: bool, model: str
 ) -> tuple[Any, list[tasks.Example]]:
-    """A fresh SQLite store with the alignment suite and one level-1 bucket of ``family``."""
+    """A fresh SQLite store with the suites of the ``model`` preset's bootstrap mix and one
+    level-1 bucket of ``family``."""
     engine = make_engine(f"sqlite:///{work / 'store.db'}")
     upgrade(engine)
-    ensure_alignment_suite(engine, foundation=foundation)
+    ensure_alignment_suite(engine, foundation=foundation, mix=BuiltinConfig.preset(model).mix)
     data = tasks.make_examples(family, examples, 1, seed)
     with write_transaction(engine) as conn:
         ingest_batch(conn, f"{family}-l1", [NewExample(e["prompt"], e["target"]) for e in data])
@@ -257,7 +258,7 @@ def train(job: dict[str, Any], cfg: FrontierConfig, model_dir: Path, work: Path)
     recipe = cfg.recipes[job["recipe"]]
     config, gate = learner_config(recipe, job["seed"]), gate_config(recipe)
     foundation = bool(recipe["store"].get("foundation_suite", True))
-    engine, data = _store(work, job["family"], cfg.examples, job["seed"], foundation)
+    engine, data = _store(work, job["family"], cfg.examples, job["seed"], foundation, cfg.model)
     data_dir, snapshots = work / "data", work / "snapshots"
     snapshots.mkdir(parents=True)
     learner = Learner(engine, config, data_dir, model_dir, str(model_dir), holder="frontier",

@@ -19,6 +19,7 @@ means what the learner does with it, and "alignment" is the kind whose behaviour
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
@@ -28,13 +29,14 @@ from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
 
 log = logging.getLogger(__name__)
+Mix = Sequence[tuple[str, int, float]]
 
 SUITE_SEED = 7_001
 SUITE_PROBE_TENTHS = 5
 #: Draws per level; duplicates collapse (level 1 has few distinct harmful requests).
-SUITE_DRAWS = {1: 400, 2: 1200, 3: 2400}
-#: The suite's levels: 1-3. Level 4 (the wide set) trains the ``sturdy`` preset only; its
-#: harmful requests are kept through levels 1-3's, which every builtin base has learned.
+SUITE_DRAWS = {1: 400, 2: 1200, 3: 2400, 4: 2400}
+#: Every level a suite can have. A base's suite has the alignment levels of its bootstrap
+#: mix: 1-3 for ``tiny``, 1-4 (the wide set) for ``sturdy``.
 SUITE_LEVELS = tuple(sorted(SUITE_DRAWS))
 #: Benign requests that are small tasks are capped at this share of a level's suite, so
 #: that harmful requests and everyday requests dominate it.
@@ -46,7 +48,7 @@ def suite_examples(level: int, seed: int = SUITE_SEED) -> list[tasks.Example]:
     plus a capped number of benign small-task requests. Deterministic."""
     drawn = tasks.make_examples("alignment", SUITE_DRAWS[level], level, seed)
     unique = list({(e["prompt"], e["target"]): e for e in drawn}.values())
-    everyday = set(tasks.BENIGN_REQUESTS.values())
+    everyday = {*tasks.WIDE_BENIGN_REQUESTS.values(), *tasks.WIDE_LOOKALIKES.values()}
     core = [e for e in unique if e["target"] == tasks.REFUSAL or e["target"] in everyday]
     skills = [e for e in unique if e not in core]
     return core + skills[: int(len(core) * SKILL_SHARE)]
@@ -58,9 +60,9 @@ FOUNDATION_DRAWS = 120
 FOUNDATION_SEED = 7_002
 
 
-def foundation_skills() -> list[tuple[str, int]]:
-    """(family, level) of every skill of the builtin bootstrap mix besides alignment."""
-    return [(family, level) for family, level, _ in tasks.FOUNDATION_MIX if family != "alignment"]
+def foundation_skills(mix: Mix = tasks.FOUNDATION_MIX) -> list[tuple[str, int]]:
+    """(family, level) of every skill of a builtin bootstrap mix besides alignment."""
+    return [(family, level) for family, level, _ in mix if family != "alignment"]
 
 
 def foundation_bucket(family: str, level: int) -> str:
@@ -75,22 +77,29 @@ def foundation_examples(
     return list({(e["prompt"], e["target"]): e for e in drawn}.values())
 
 
-def suite_buckets() -> list[str]:
-    return [tasks.bucket_name("alignment", level) for level in SUITE_LEVELS]
+def suite_levels(mix: Mix = tasks.FOUNDATION_MIX) -> list[int]:
+    """The alignment levels of a bootstrap mix: the base learned them, the suite keeps them."""
+    return sorted({level for family, level, _ in mix if family == "alignment"})
 
 
-def ensure_alignment_suite(engine: Engine, foundation: bool = True) -> list[str]:
+def suite_buckets(mix: Mix = tasks.FOUNDATION_MIX) -> list[str]:
+    return [tasks.bucket_name("alignment", level) for level in suite_levels(mix)]
+
+
+def ensure_alignment_suite(
+    engine: Engine, foundation: bool = True, mix: Mix = tasks.FOUNDATION_MIX
+) -> list[str]:
     """Create the suite's buckets that do not exist yet (with ``foundation``, the
-    foundation suite's too); returns the names created."""
+    foundation suite's too) for a base bootstrapped on ``mix``; returns the names created."""
     with engine.connect() as conn:
         existing = bucket_names(conn)
     wanted: list[tuple[str, str, list[tasks.Example]]] = [
         (name, "exact", suite_examples(level))
-        for level, name in enumerate(suite_buckets(), start=1)
+        for level, name in zip(suite_levels(mix), suite_buckets(mix), strict=True)
         if name not in existing
     ]
     if foundation:
-        for family, level in foundation_skills():
+        for family, level in foundation_skills(mix):
             name = foundation_bucket(family, level)
             if name not in existing:
                 grader = tasks.get_family(family).grader

@@ -139,3 +139,16 @@ def is_builtin_model(spec: str) -> bool:
     return isinstance(provenance, dict) and str(provenance.get("model", "")).startswith(
         BUILTIN_PREFIX
     )
+
+
+def builtin_mix(spec: str) -> tuple[tuple[str, int, float], ...] | None:
+    """The bootstrap mix of a builtin base (a preset, or a directory whose provenance names
+    its config); None for any other model."""
+    if spec.startswith(BUILTIN_PREFIX):
+        return BuiltinConfig.preset(spec.removeprefix(BUILTIN_PREFIX)).mix
+    try:
+        provenance = json.loads((Path(spec).expanduser() / "provenance.json").read_text())
+        mix = provenance["config"]["mix"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return tuple((str(f), int(level), float(w)) for f, level, w in mix)

@@ -20,8 +20,8 @@ import numpy as np
 
 from learner.config import TeacherConfig
 from learner.store.teacher import DecisionRecord
-from teacher.irt import estimate_ability
 from teacher.harm import HarmWatch
+from teacher.irt import estimate_ability
 from teacher.policies import make_policy
 
 

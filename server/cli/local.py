@@ -49,12 +49,14 @@ def settings_from(**flags: Any) -> Settings:
 def ensure_suite(settings: Settings, engine: Engine) -> None:
     """The builtin model's alignment suite, created at the first start of a builtin base."""
     from learner.alignment_suite import ensure_alignment_suite
-    from learner.builtin_config import is_builtin_model
+    from learner.builtin_config import builtin_mix, is_builtin_model
     from learner.store.db import setup_lock
+    from learner.tasks import FOUNDATION_MIX
 
     if settings.alignment_suite and is_builtin_model(settings.base_model):
+        mix = builtin_mix(settings.base_model) or FOUNDATION_MIX  # what the base learned
         with setup_lock(engine):  # a server and its learner start together
-            ensure_alignment_suite(engine)
+            ensure_alignment_suite(engine, mix=mix)
 
 
 # --- serve -------------------------------------------------------------------------------
