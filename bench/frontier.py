@@ -237,16 +237,19 @@ def _store(
 
 
 class IdleWatch:
-    """Says when the learner has spent (almost) no CPU for ``seconds`` of wall time."""
+    """Says when the learner has rested (the teacher chose no arm) and trained no step for
+    ``seconds`` of wall time. CPU use alone cannot tell: a resting learner still polls and
+    records its rests, a few percent of a core, and with many runs on two cores a training
+    one gets little more."""
 
-    def __init__(self, seconds: float = 120.0, min_cpu_s: float = 1.0) -> None:
-        self.seconds, self.min_cpu_s = seconds, min_cpu_s
-        self.since, self.cpu_at = time.monotonic(), 0.0
+    def __init__(self, seconds: float = 120.0) -> None:
+        self.seconds = seconds
+        self.since, self.step = time.monotonic(), -1
 
-    def resting(self, cpu_min: float) -> bool:
+    def resting(self, step: int, teacher_rests: bool) -> bool:
         now = time.monotonic()
-        if (cpu_min - self.cpu_at) * 60 >= self.min_cpu_s:
-            self.since, self.cpu_at = now, cpu_min
+        if step != self.step or not teacher_rests:
+            self.since, self.step = now, step
             return False
         return now - self.since >= self.seconds
 
@@ -284,7 +287,7 @@ def train(job: dict[str, Any], cfg: FrontierConfig, model_dir: Path, work: Path)
         if first_promotion is None:
             with engine.connect() as conn:
                 first_promotion = cpu_min if registry.active_version(conn) is not None else None
-        resting = idle.resting(cpu_min)
+        resting = idle.resting(learner.state.step, learner.curriculum.rest is not None)
         # A resting learner (the teacher found every arm mastered or stalled) spends no CPU,
         # so it would never reach the mark: what it serves now is what it serves then.
         if cpu_min >= pending[0] or resting:

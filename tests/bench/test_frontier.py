@@ -118,13 +118,14 @@ def test_idle_watch_tells_a_resting_learner_from_a_busy_one(
 
     clock = [0.0]
     monkeypatch.setattr(frontier.time, "monotonic", lambda: clock[0])
-    watch = frontier.IdleWatch(seconds=120, min_cpu_s=1.0)
-    cpu_min = 0.0
-    for _ in range(10):  # busy: a CPU-second every 10 s
+    watch = frontier.IdleWatch(seconds=120)
+    for step in range(10):  # training: a step every 10 s, the teacher resting or not
         clock[0] += 10
-        cpu_min += 1 / 60
-        assert not watch.resting(cpu_min)
-    clock[0] += 119
-    assert not watch.resting(cpu_min + 0.1 / 60)  # a little CPU, less than a second
-    clock[0] += 2
-    assert watch.resting(cpu_min + 0.1 / 60)
+        assert not watch.resting(step, teacher_rests=step % 2 == 0)
+    clock[0] += 200  # judging a candidate inline: no step for long, but no rest either
+    assert not watch.resting(9, teacher_rests=False)
+    clock[0] += 119  # then resting (polling and recording its rests costs a little CPU)
+    assert not watch.resting(9, teacher_rests=True)
+    clock[0] += 2  # 121 s without a step, resting all along
+    assert watch.resting(9, teacher_rests=True)
+    assert not watch.resting(10, teacher_rests=True)  # a step: the watch starts over
