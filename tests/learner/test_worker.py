@@ -110,7 +110,7 @@ def test_resumes_from_checkpoint(engine: Engine, tmp_path: Path, micro_model_dir
     for key, value in second.parts.trainer.model.state_dict().items():
         if key in weights:
             torch.testing.assert_close(value, weights[key])
-    lease.release(engine, second.holder)
+    lease.release(engine, second.lease.holder)
     second.run()
     assert second.state.step == 5
 
@@ -127,7 +127,7 @@ def test_pause_stops_training(engine: Engine, tmp_path: Path, micro_model_dir: P
         control.submit_command(conn, "resume", "test")
     assert learner.tick() is True and learner.state.step == 1
     learner.parts.close()
-    lease.release(engine, learner.holder)
+    lease.release(engine, learner.lease.holder)
 
 
 def test_second_learner_waits_for_the_lease(engine: Engine) -> None:
@@ -284,7 +284,7 @@ def test_teacher_chooses_rounds_and_is_restored(
     second.wait_for_lease(threading.Event())
     second.setup()
     assert second.curriculum.state_dict() == first.curriculum.state_dict()
-    lease.release(engine, second.holder)
+    lease.release(engine, second.lease.holder)
     second.run()
     with engine.connect() as conn:
         buckets = [d.bucket for d in recent_decisions(conn, 10)[::-1]]
@@ -309,7 +309,7 @@ def test_learner_scores_difficulty_in_the_background(
     finally:
         learner.stop_scorer()
         learner.parts.close()
-        lease.release(engine, learner.holder)
+        lease.release(engine, learner.lease.holder)
     with engine.connect() as conn:
         fitted = conn.execute(select(func.count()).select_from(ItemDifficulty)).scalar_one()
     assert fitted == 30
