@@ -32,7 +32,7 @@ from ingest import RESULTS_DIR
 from learner.builtin import build_model, build_tokenizer
 from learner.builtin_config import BuiltinConfig
 from learner.config import GenerationParams
-from learner.modeling import generate
+from learner.generation import generate
 
 # Prompts of the synthetic families' shape and mixed lengths, as clients send them.
 PROMPTS = ["copy abcdefgh =", "add 123 456 =", "reverse hello world =", "sort 9 3 7 1 ="]

@@ -48,7 +48,8 @@ from learner.builtin_config import (  # noqa: F401  (re-exported: the public bui
     max_context_chars,
 )
 from learner.fsutil import write_dir_atomically, write_json_atomically
-from learner.modeling import GenerationParams, encode_examples, generate
+from learner.generation import answer_cap, generate
+from learner.modeling import GenerationParams, encode_examples
 
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)  # ids 0..3
@@ -126,8 +127,8 @@ def _evaluate(
     for name, level in families:
         fam = tasks.get_family(name)
         examples = tasks.make_examples(fam, n, level, seed)
-        longest = max(len(ex["target"]) for ex in examples)
-        params = GenerationParams(max_new_tokens=longest + 2)  # greedy: temperature 0
+        # Greedy (temperature 0); one token per character with the builtin tokenizer.
+        params = GenerationParams(max_new_tokens=answer_cap([ex["target"] for ex in examples]))
         preds = generate(model, tokenizer, [ex["prompt"] for ex in examples], params)
         hits = sum(fam.grade(p, ex["target"]) for (p, _), ex in zip(preds, examples, strict=True))
         scores[tasks.bucket_name(name, level)] = hits / n

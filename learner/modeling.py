@@ -172,43 +172,6 @@ MIN_SAMPLING_TEMPERATURE = 1e-3
 
 
 @torch.no_grad()
-def generate(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    params: GenerationParams,
-) -> list[tuple[str, str]]:
-    """Complete each prompt; returns (text, finish_reason) with finish 'stop' or 'length'.
-
-    Left padding lets the whole batch decode together; the text stops at EOS or at the
-    first stop string.
-    """
-    device = next(model.parameters()).device
-    ids, mask = left_padded(tokenizer, prompts)
-    width = ids.shape[1]
-    out = model.generate(  # type: ignore[operator]
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=params.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        do_sample=False,
-        logits_processor=decoding_processors(model, params, device),
-    )
-    results = []
-    for row in out[:, width:].tolist():
-        hit_eos = tokenizer.eos_token_id in row
-        if hit_eos:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        text = str(tokenizer.decode(row, skip_special_tokens=True))
-        finish = "stop" if hit_eos else "length"
-        for stop in params.stop:
-            if stop and stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        results.append((text, finish))
-    return results
-
-
 def left_padded(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:

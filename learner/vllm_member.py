@@ -1,6 +1,6 @@
 """A difficulty-ensemble member scored through vLLM (``vllm:<model dir>``; GPU, optional).
 
-The same answers as :class:`learner.difficulty.LocalMember` — a greedy completion judged by
+The same answers as :class:`learner.ensemble.LocalMember` — a greedy completion judged by
 the bucket's grader, and the mean log probability of the target's tokens after the prompt
 — from vLLM's engine: greedy decoding for the first, ``prompt_logprobs`` over
 ``prompt + target`` for the second (each target token is scored as part of a prompt).
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from learner.generation import answer_cap
 from learner.graders import get_grader
 from learner.store.difficulty import MemberAnswer, PendingExample, group_by_grader
 
@@ -38,7 +39,7 @@ def target_logprobs(llm: Any, pairs: Sequence[tuple[str, str]]) -> list[float]:
 
 class VllmMember:
     """An ensemble member on a vLLM engine (loaded at first use, ``gpu_memory_utilization``
-    of the GPU); its answers are those of :class:`~learner.difficulty.LocalMember`."""
+    of the GPU); its answers are those of :class:`~learner.ensemble.LocalMember`."""
 
     def __init__(
         self, name: str, path: Path, max_new_tokens: int, gpu_memory_utilization: float = 0.3
@@ -60,10 +61,16 @@ class VllmMember:
         from vllm import SamplingParams
 
         llm = self._engine()
-        greedy = SamplingParams(max_tokens=self.max_new_tokens, temperature=0.0)
+        tokenizer = llm.get_tokenizer()
+
+        def tokens(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
         out = []
         for grader, group in group_by_grader(items).items():
             grade = get_grader(grader)
+            cap = answer_cap([i.target for i in group], tokens, self.max_new_tokens)
+            greedy = SamplingParams(max_tokens=cap, temperature=0.0)  # the local members' cap
             texts = [o.outputs[0].text for o in
                      llm.generate([i.prompt for i in group], greedy, use_tqdm=False)]  # fmt: skip
             logprobs = target_logprobs(llm, [(i.prompt, i.target) for i in group])

@@ -32,7 +32,7 @@ from learner.config import GenerationParams
 if TYPE_CHECKING:
     from peft import PeftModel
 
-    from server.generation import Generated, OnDelta
+    from learner.generation import Generated, OnDelta
 
 # torch, transformers and peft are imported when the model loads, not with the app: an
 # API-only server (ingestion, registry) starts in a fraction of the time.
@@ -281,7 +281,7 @@ class InferenceEngine:
 
         ``admin``: whether the caller holds an admin key (only admins may query a version
         the gate rejected). ``top_logprobs``, ``on_delta`` and ``cancel`` are passed on to
-        :func:`server.generation.generate_choices`; ``on_start`` is called with the served
+        :func:`learner.generation.generate_choices`; ``on_start`` is called with the served
         name once the model is chosen, before decoding starts. Raises
         :class:`UnknownModel`, ``VersionUnavailable`` or :class:`ModelNotReady`.
         """
@@ -315,7 +315,7 @@ class InferenceEngine:
         cancel: threading.Event | None,
     ) -> list[Generated]:
         """Decode with ``version`` (loaded; None: the base model), under ``_lock``."""
-        from server.generation import generate_choices
+        from learner.generation import generate_choices
 
         def run(model: Any) -> list[Generated]:
             return generate_choices(

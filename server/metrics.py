@@ -10,7 +10,7 @@ Two kinds of series live here:
   latency (by :class:`server.metrics_middleware.MetricsMiddleware`) and duplicate
   submissions (by ``POST /v1/tasks``: the store keeps no record of them);
 - what the learner (a separate process, possibly on another host) does, read from the
-  store when Prometheus scrapes (:class:`server.metrics_store.StoreCollector`).
+  store when Prometheus scrapes (:class:`server.metrics_collector.StoreCollector`).
 
 Counters of this process start at zero when it starts, as Prometheus expects of counters;
 with several servers each exports its own and a query sums them.
@@ -29,7 +29,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from server.deps import AppState
-from server.metrics_store import StoreCollector
+from server.metrics_collector import StoreCollector
 
 # Request latency buckets in seconds: the default ones plus the long tail of completions
 # (generation on a CPU, server-sent streams) that the defaults lump together above 10 s.

@@ -31,7 +31,7 @@ from server.openai_schemas import (
 )
 
 if TYPE_CHECKING:
-    from server.generation import Generated, TokenLogprob
+    from learner.generation import Generated, TokenLogprob
 
 
 def serving_error(exc: Exception) -> ApiError | None:

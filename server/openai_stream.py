@@ -45,7 +45,7 @@ from server.openai_format import (
 )
 
 if TYPE_CHECKING:
-    from server.generation import Generated
+    from learner.generation import Generated
 
 log = logging.getLogger(__name__)
 MEDIA_TYPE = "text/event-stream"

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from learner.config import GenerationParams
-from server.generation import Generated, OnDelta, TokenLogprob, cut_at_stop
+from learner.generation import Generated, OnDelta, TokenLogprob, cut_at_stop
 from server.inference import InferenceEngine
 
 

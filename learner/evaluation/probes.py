@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from learner.generation import answer_cap, generate
 from learner.graders import get_grader
-from learner.modeling import GenerationParams, encode_examples, generate, per_example_loss
+from learner.modeling import GenerationParams, encode_examples, per_example_loss
 from learner.store.probes import ProbeSet
 
 
@@ -67,8 +68,12 @@ def greedy_answers(
     """Greedy completions of the prompts, at most a little longer than the longest target."""
     if not examples:
         return []
-    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for _, t in examples)
-    params = GenerationParams(max_new_tokens=min(max_new_tokens, longest + 2))
+
+    def tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    cap = answer_cap([t for _, t in examples], tokens, max_new_tokens)
+    params = GenerationParams(max_new_tokens=cap)
     # Similar lengths in one batch: left padding to the longest prompt wastes less.
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     by_index: dict[int, str] = {}

@@ -1,4 +1,4 @@
-"""Counts for the Prometheus collector (``server/metrics_store.py``): read-only aggregates,
+"""Counts for the Prometheus collector (``server/metrics_collector.py``): read-only aggregates,
 each one statement, in the caller's connection."""
 
 from __future__ import annotations

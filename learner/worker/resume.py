@@ -12,7 +12,7 @@ import torch
 
 from learner.checkpoint import CheckpointDir
 from learner.curriculum import Curriculum
-from learner.difficulty import DifficultyScorer
+from learner.ensemble import DifficultyScorer
 from learner.store.teacher import save_snapshot
 from learner.worker.lease_holder import Fenced
 from learner.worker.lineage import LineageState

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from learner.checkpoint import CheckpointDir
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
 from learner.curriculum import Curriculum
-from learner.difficulty import DifficultyScorer, EnsembleContext, start_scorer
+from learner.ensemble import DifficultyScorer, EnsembleContext, start_scorer
 from learner.evaluation.gate import GateConfig
 from learner.modeling import pick_device
 from learner.replay import ReplayConfig

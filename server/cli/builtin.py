@@ -8,7 +8,6 @@ started afterwards loads it in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -23,21 +22,15 @@ app = typer.Typer(help="The builtin base models: train a preset ahead of serve."
                   no_args_is_help=True)  # fmt: skip
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def describe(final: Path) -> dict[str, Any]:
     """Path, weights sha256, parameters, bootstrap time and accuracy of a built model."""
+    from learner.registry import sha256_file
+
     provenance = json.loads((final / "provenance.json").read_text())
     return {
         "model": provenance["model"],
         "path": str(final),
-        "sha256": file_sha256(final / "model.safetensors"),
+        "sha256": sha256_file(final / "model.safetensors"),
         "parameters": provenance["parameters"],
         "steps": provenance["steps"],
         "bootstrap_seconds": provenance["wall_seconds"],

@@ -51,7 +51,7 @@ from server.schemas import API_ERRORS, ErrorOut
 from server.settings import LimitSettings
 
 if TYPE_CHECKING:
-    from server.generation import Generated
+    from learner.generation import Generated
 
 router = APIRouter(prefix="/v1", tags=["completions"], responses=API_ERRORS)
 

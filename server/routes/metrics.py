@@ -6,11 +6,11 @@ without credentials, and AuthMiddleware guards only ``/v1/``. What it shows is a
 ``host:pid``; deployments that consider those private keep ``/metrics`` off the public
 network at their reverse proxy, as is usual for metrics endpoints. A public endpoint must
 stay cheap under a flood: scrapes run one at a time on a thread of their own and reuse a
-store reading younger than a second (:mod:`server.metrics_store`), so they never take the
+store reading younger than a second (:mod:`server.metrics_collector`), so they never take the
 thread pool or connections that ingestion and reads need.
 
 Series (see :mod:`server.metrics`, :mod:`server.metrics_middleware` and
-:mod:`server.metrics_store` for how each is counted):
+:mod:`server.metrics_collector` for how each is counted):
 
 - ``lifelong_http_requests_total``, ``lifelong_http_request_duration_seconds``
   {route, method, status}: this server's requests, by route template;

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from sqlalchemy import create_engine
 
-from learner.difficulty import EndpointMember, LocalMember
+from learner.ensemble import EndpointMember, LocalMember
 from learner.store.difficulty import pending_examples
 from learner.tasks import make_examples
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from learner.config import DifficultyConfig
-from learner.difficulty import EnsembleContext, LocalMember, build_members
+from learner.ensemble import EnsembleContext, LocalMember, build_members
 from learner.store.difficulty import PendingExample
 from learner.tasks import make_examples
 from learner.vllm_member import VllmMember

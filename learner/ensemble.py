@@ -35,6 +35,7 @@ from sqlalchemy import Engine
 from learner.builtin import builtin_checkpoints
 from learner.config import DifficultyConfig
 from learner.evaluation.probes import answers_correct
+from learner.generation import answer_cap
 from learner.graders import get_grader
 from learner.modeling import encode_examples, load_base, per_example_loss
 from learner.store.db import write_transaction
@@ -145,10 +146,10 @@ class EndpointMember:
         out = []
         for grader, group in group_by_grader(items).items():
             grade = get_grader(grader)
-            # As for local members: a little longer than the longest target (in characters,
-            # an upper bound on tokens for common tokenizers), so a rambling answer is cut.
-            longest = max(len(i.target) for i in group)
-            texts = self._complete([i.prompt for i in group], min(self.max_tokens, longest + 2))
+            # The local members' cap, in characters (the endpoint's tokenizer is not at
+            # hand; characters bound the tokens of common tokenizers).
+            cap = answer_cap([i.target for i in group], limit=self.max_tokens)
+            texts = self._complete([i.prompt for i in group], cap)
             out += [
                 MemberAnswer(i.id, self.name, bool(grade(text, i.target)))
                 for i, text in zip(group, texts, strict=True)

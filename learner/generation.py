@@ -1,11 +1,16 @@
-"""Generation for serving: each choice's text, token count and log probabilities, streamed.
+"""The one way a transformers model answers prompts, for serving and for judging alike:
+each choice's text, token count and log probabilities, streamed.
 
-One ``model.generate`` call decodes a batch of prompts (left-padded, as in
-:func:`learner.modeling.generate`, with the same decoding processors, so a greedy answer
-here is the learner's greedy answer). A stopping criterion watches every decoding step: it
-ends a row as soon as one of its stop strings appears, ends the whole call when the caller
-cancels (a streaming client went away), and hands each row's newly decoded text to
-``on_delta`` so that it can be streamed while the rest is decoded.
+One ``model.generate`` call decodes a batch of left-padded prompts with the decoding
+processors of :mod:`learner.modeling` (:func:`generate_choices`); probes, the gate, the
+ensemble's local members and the builtin's evaluation take the text and finish only
+(:func:`generate`), so a served greedy answer is the answer the gate judged. vLLM engines
+share :func:`cut_at_stop` and :func:`answer_cap`.
+
+A stopping criterion watches every decoding step: it ends a row as soon as one of its stop
+strings appears, ends the whole call when the caller cancels (a streaming client went
+away), and hands each row's newly decoded text to ``on_delta`` so that it can be streamed
+while the rest is decoded.
 
 Log probabilities come from the model's raw logits (``output_logits``), that is, from the
 model's own distribution, before temperature or top-p reshape it.
@@ -24,6 +29,9 @@ from transformers.generation import StoppingCriteria, StoppingCriteriaList
 from learner.config import GenerationParams
 from learner.modeling import decoding_processors, left_padded
 
+#: A judged answer may run this many tokens past the longest target: room for EOS and one
+#: more, so that a model which runs on is caught, without paying for a long ramble.
+ANSWER_SLACK = 2
 #: Log probabilities are clamped to this (JSON has no -Infinity).
 MIN_LOGPROB = -9999.0
 #: Called with a row (choice) index and the text newly decoded for it.
@@ -48,6 +56,16 @@ class Generated:
     finish: str
     tokens: int
     logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+def answer_cap(
+    targets: Sequence[str], length: Callable[[str], int] = len, limit: int | None = None
+) -> int:
+    """How many tokens an answer to these targets may take: the longest target's
+    ``length`` (its tokens; characters bound them for a model whose tokenizer is not at
+    hand) plus :data:`ANSWER_SLACK`, at most ``limit``."""
+    cap = max((length(t) for t in targets), default=0) + ANSWER_SLACK
+    return cap if limit is None else min(cap, limit)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -185,6 +203,17 @@ def generate_choices(
             token_logprobs = _token_logprobs(tokenizer, kept, logprobs[row], top_logprobs, text)
         results.append(Generated(text, finish, len(kept), token_logprobs))
     return results
+
+
+def generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    params: GenerationParams,
+) -> list[tuple[str, str]]:
+    """(text, finish) of each prompt's answer, finish "stop" (EOS or a stop string) or
+    "length": :func:`generate_choices` without streaming or log probabilities."""
+    return [(g.text, g.finish) for g in generate_choices(model, tokenizer, prompts, params)]
 
 
 def _token_logprobs(

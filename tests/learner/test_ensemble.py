@@ -12,7 +12,7 @@ import torch
 from sqlalchemy import Engine, func, select
 
 from learner.config import DifficultyConfig
-from learner.difficulty import (
+from learner.ensemble import (
     DifficultyScorer,
     EndpointMember,
     EnsembleContext,
