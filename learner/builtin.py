@@ -42,12 +42,15 @@ from transformers.utils import logging as hf_logging
 from learner import tasks
 from learner.builtin_config import (  # noqa: F401  (re-exported: the public builtin API)
     BUILTIN_PREFIX,
+    DEFAULT_PRESET,
     MIN_CONTEXT,
     PRESETS,
+    SHIPPED_DIR,
+    SHIPPED_WEIGHTS,
     BuiltinConfig,
     max_context_chars,
 )
-from learner.fsutil import write_dir_atomically, write_json_atomically
+from learner.fsutil import sha256_file, write_dir_atomically, write_json_atomically
 from learner.generation import answer_cap, generate
 from learner.modeling import GenerationParams, encode_examples
 
@@ -288,11 +291,69 @@ def _cached(root: Path, config: BuiltinConfig) -> Path | None:
     return root / "final"
 
 
+MANIFEST = "MANIFEST.json"
+
+
+def pack_weights(root: Path, dest: Path) -> str:
+    """Write a built model (``root``: its ``final`` and bootstrap ``checkpoints``) as the
+    package ships it: ``final`` as built, the checkpoints (difficulty-ensemble members
+    only) in float16 to halve their size, and a manifest of every file's sha256. Returns
+    the manifest's sha256: the pin in :data:`SHIPPED_WEIGHTS`."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(root / "final", dest / "final")
+    for checkpoint in builtin_checkpoints(root / "final"):
+        target = dest / "checkpoints" / checkpoint.name
+        shutil.copytree(checkpoint, target)
+        weights = load_file(target / "model.safetensors")
+        half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+        save_file(half, target / "model.safetensors", metadata={"format": "pt"})
+    files = sorted(p for p in dest.rglob("*") if p.is_file())
+    manifest = {str(p.relative_to(dest)): sha256_file(p) for p in files}
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return sha256_file(dest / MANIFEST)
+
+
+def shipped_weights(config: BuiltinConfig) -> Path | None:
+    """The directory of this exact configuration's shipped weights, if the package has it."""
+    source = SHIPPED_DIR / config.name
+    if config.name not in SHIPPED_WEIGHTS or not (source / MANIFEST).is_file():
+        return None
+    shipped = json.loads((source / "final" / "provenance.json").read_text())
+    return source if shipped.get("fingerprint") == config.fingerprint() else None
+
+
+def _install_shipped(config: BuiltinConfig, source: Path, root: Path) -> None:
+    """Copy the shipped weights into ``root`` after checking the manifest against its pin
+    and every file against the manifest."""
+    pin, found = SHIPPED_WEIGHTS[config.name], sha256_file(source / MANIFEST)
+    manifest = json.loads((source / MANIFEST).read_text())
+    bad = [name for name, digest in manifest.items() if sha256_file(source / name) != digest]
+    if found != pin or bad:
+        raise RuntimeError(
+            f"the shipped weights of {BUILTIN_PREFIX}{config.name} fail their sha256 check "
+            f"({'manifest' if found != pin else ', '.join(bad)}): reinstall the package, or "
+            f"train them with `lifelong builtin train --preset {config.name} --rebuild`"
+        )
+    for part in ("checkpoints", "final"):
+        if (source / part).is_dir():
+
+            def fill(tmp: Path, part: str = part) -> None:
+                shutil.copytree(source / part, tmp, dirs_exist_ok=True)
+
+            write_dir_atomically(root / part, fill)
+
+
 def ensure_builtin_model(
-    data_dir: Path | str, config: BuiltinConfig | None = None, progress: bool = True
+    data_dir: Path | str,
+    config: BuiltinConfig | None = None,
+    progress: bool = True,
+    shipped: bool = True,
 ) -> Path:
-    """Path of the trained builtin model's ``final`` directory, training it on first use."""
-    config = config or BuiltinConfig.preset("tiny")
+    """Path of the builtin model's ``final`` directory. On first use it is copied from the
+    package's shipped weights (``shipped`` and the preset has them) or trained."""
+    config = config or BuiltinConfig.preset(DEFAULT_PRESET)
     root = builtin_root(data_dir, config.name)
     if (path := _cached(root, config)) is not None:
         return path
@@ -303,8 +364,11 @@ def ensure_builtin_model(
             return path
         shutil.rmtree(root, ignore_errors=True)  # leftovers of an interrupted bootstrap
         root.mkdir()
-        with _torch_threads(config.num_threads):
-            _train(config, root, progress)
+        if shipped and (source := shipped_weights(config)) is not None:
+            _install_shipped(config, source, root)
+        else:
+            with _torch_threads(config.num_threads):
+                _train(config, root, progress)
         write_json_atomically(
             root / "COMPLETE.json", {"fingerprint": config.fingerprint(), "config": asdict(config)}
         )

@@ -16,6 +16,10 @@ from learner import tasks
 
 MIN_CONTEXT = 256  # tokens (= characters for the builtin tokenizer)
 BUILTIN_PREFIX = "builtin:"
+#: The service's default base (``LIFELONG_BASE_MODEL``): measured on bench/frontier.py, it
+#: learns new families faster per CPU-minute than ``tiny`` and keeps its skills and its
+#: refusals better; its weights ship with the package.
+DEFAULT_PRESET = "sturdy"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
@@ -23,7 +27,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 class BuiltinConfig:
     """Architecture and bootstrap-training settings of a builtin model (validated on creation).
 
-    Use a preset: ``BuiltinConfig.preset("tiny")`` (the service default) or ``"micro"``
+    Use a preset: ``BuiltinConfig.preset("sturdy")`` (the service default, shipped),
+    ``"tiny"`` (trained in about 3 minutes at first use), ``"small"`` or ``"micro"``
     (tests); ``dataclasses.replace`` derives variants, which must get a new ``name``.
     """
 
@@ -98,6 +103,17 @@ PRESETS: dict[str, BuiltinConfig] = {
                             intermediate_size=768, steps=4000, warmup_steps=200,
                             learning_rate=2e-3, num_threads=1, mix=tasks.STURDY_MIX),
 }  # fmt: skip
+
+
+#: Presets whose trained weights ship with the package (``learner/builtin_weights/<name>``,
+#: written by :func:`learner.builtin.pack_weights`), each pinned by the sha256 of its
+#: manifest (which holds every file's sha256): a first start copies them, checked, instead
+#: of training for minutes. ``lifelong builtin train --preset NAME --rebuild`` trains them
+#: again from the seeded recipe (one torch thread) and says whether the final weights match.
+SHIPPED_WEIGHTS: dict[str, str] = {
+    "sturdy": "4d6144778d55099a68087d12aee99318d83f5531d60ff9ce8f854196ea2408ba",
+}
+SHIPPED_DIR = Path(__file__).resolve().parent / "builtin_weights"
 
 
 def max_context_chars(model_dir: Path | str) -> int:

@@ -16,7 +16,6 @@ mutable pointer but the newest entry of the append-only ``registry_events`` log.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from learner.fsutil import sha256_file as sha256_file
 from learner.store.models import AdapterVersion, RegistryEvent
 from learner.store.registry import (  # the rows, re-exported: callers use registry.<name>
     ACTIVE_CHANGES as ACTIVE_CHANGES,
@@ -57,14 +57,6 @@ SERVABLE = ("candidate", "promoted")
 
 class VersionUnavailable(LookupError):
     """A version that cannot be served: missing, pending, retired, or failing its sha256."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def version_relpath(version: int) -> str:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from learner.builtin_config import BUILTIN_PREFIX, DEFAULT_PRESET
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
 from learner.evaluation.gate import GateConfig
 from learner.replay.config import ReplayConfig
@@ -68,7 +69,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./lifelong-data")
     database_url: str | None = None
-    base_model: str = "builtin:tiny"
+    base_model: str = f"{BUILTIN_PREFIX}{DEFAULT_PRESET}"
     device: str = "auto"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -1,9 +1,11 @@
 """``lifelong builtin``: the embedded base models (``LIFELONG_BASE_MODEL=builtin:<preset>``).
 
-``train`` builds a preset ahead of ``serve``, exactly as a first start would (same seeded
-recipe, same place under the data directory), and prints where it is, the sha256 of its
-weights and its bootstrap accuracy, so that two builds can be compared and a server
-started afterwards loads it in seconds.
+``train`` builds a preset ahead of ``serve``, exactly as a first start would (the shipped
+weights where the package has them, else the seeded recipe; same place under the data
+directory), and prints where it is, the sha256 of its weights and its bootstrap accuracy,
+so that two builds can be compared and a server started afterwards loads it in seconds.
+``--rebuild`` trains from the recipe even where weights ship, and says whether the result
+is the shipped file.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ app = typer.Typer(help="The builtin base models: train a preset ahead of serve."
 
 def describe(final: Path) -> dict[str, Any]:
     """Path, weights sha256, parameters, bootstrap time and accuracy of a built model."""
-    from learner.registry import sha256_file
+    from learner.fsutil import sha256_file
 
     provenance = json.loads((final / "provenance.json").read_text())
     return {
@@ -40,16 +42,22 @@ def describe(final: Path) -> dict[str, Any]:
 
 @app.command("train")
 def train(
-    preset: Annotated[str, typer.Option("--preset", help="Which preset to build.")] = "tiny",
+    preset: Annotated[str, typer.Option("--preset", help="Which preset to build.")] = "sturdy",
     data_dir: DataDir = None,
     rebuild: Annotated[
-        bool, typer.Option("--rebuild", help="Delete an earlier build of this preset first.")
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Delete an earlier build and train it from the seeded recipe, even where the "
+            "package ships its weights (then say whether they came out the same).",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
 ) -> None:
     """Build `builtin:PRESET` under the data directory (or find it built) and describe it."""
-    from learner.builtin import builtin_root, ensure_builtin_model
+    from learner.builtin import builtin_root, ensure_builtin_model, shipped_weights
     from learner.builtin_config import PRESETS, BuiltinConfig
+    from learner.fsutil import sha256_file
     from server.settings import Settings
 
     if preset not in PRESETS:
@@ -57,12 +65,18 @@ def train(
     root = data_dir if data_dir is not None else Settings().data_dir
     if rebuild:
         shutil.rmtree(builtin_root(root, preset), ignore_errors=True)
-    final = ensure_builtin_model(root, BuiltinConfig.preset(preset), progress=not as_json)
+    config = BuiltinConfig.preset(preset)
+    final = ensure_builtin_model(root, config, progress=not as_json, shipped=not rebuild)
     facts = describe(final)
+    if (source := shipped_weights(config)) is not None:  # the final weights ship as built
+        facts["shipped_sha256"] = sha256_file(source / "final" / "model.safetensors")
+        facts["same_as_shipped"] = facts["sha256"] == facts["shipped_sha256"]
     if as_json:
         print_json(facts)
         return
-    for key in ("model", "path", "sha256", "parameters", "steps", "bootstrap_seconds"):
-        say(f"{key}: {facts[key]}")
+    keys = ("model", "path", "sha256", "parameters", "steps", "bootstrap_seconds")
+    for key in (*keys, "shipped_sha256", "same_as_shipped"):
+        if key in facts:
+            say(f"{key}: {facts[key]}")
     accuracy = facts["eval_greedy_accuracy"]
     say("accuracy: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(accuracy.items())))

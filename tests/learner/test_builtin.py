@@ -152,3 +152,42 @@ def test_interrupted_bootstrap_is_redone(tmp_path: Path) -> None:
     marker.write_text(json.dumps({"fingerprint": "something-else"}))
     with pytest.warns(UserWarning, match="other settings"):
         assert builtin.ensure_builtin_model(tmp_path, config, progress=False) == final
+
+
+def test_the_default_preset_ships_its_weights_and_installs_in_seconds(tmp_path: Path) -> None:
+    config = BuiltinConfig.preset(builtin.DEFAULT_PRESET)
+    source = builtin.shipped_weights(config)
+    assert source is not None, "the shipped weights do not match the preset: pack them again"
+    started = time.monotonic()
+    final = builtin.ensure_builtin_model(tmp_path, config, progress=False)
+    assert time.monotonic() - started < 30  # copied and checked, not trained
+    manifest = json.loads((source / builtin.MANIFEST).read_text())
+    assert builtin.sha256_file(final / "model.safetensors") == manifest["final/model.safetensors"]
+    assert [p.name for p in builtin.builtin_checkpoints(final)] == [
+        "step-1000", "step-2000", "step-3000"
+    ]  # fmt: skip
+    provenance = json.loads((final / "provenance.json").read_text())
+    assert provenance["fingerprint"] == config.fingerprint() and provenance["steps"] == 4000
+
+
+def test_packed_weights_install_as_built_and_damage_is_refused(
+    micro: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = tmp_path / "shipped"
+    pin = builtin.pack_weights(micro.parent, shipped / "micro")
+    monkeypatch.setattr(builtin, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(builtin, "SHIPPED_WEIGHTS", {"micro": pin})
+    config = BuiltinConfig.preset("micro")
+    final = builtin.ensure_builtin_model(tmp_path / "a", config, progress=False)
+    assert (final / "model.safetensors").read_bytes() == (micro / "model.safetensors").read_bytes()
+    [checkpoint, *_] = builtin.builtin_checkpoints(final)
+    half = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    full = AutoModelForCausalLM.from_pretrained(micro.parent / "checkpoints" / checkpoint.name)
+    for a, b in zip(half.parameters(), full.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-2, rtol=1e-2)  # float16 on disk
+
+    weights = shipped / "micro" / "final" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(RuntimeError, match=r"sha256 check.*final/model\.safetensors"):
+        builtin.ensure_builtin_model(tmp_path / "b", config, progress=False)
+    assert not (tmp_path / "b" / "models" / "builtin-micro" / "COMPLETE.json").exists()
