@@ -171,35 +171,29 @@ def _failed_retention(checks: list[dict[str, Any]]) -> set[str]:
 # --- the sections ------------------------------------------------------------------------
 
 
+def _per_bucket(name: str, documentation: str, rows: list[tuple[str, int]]) -> Metric:
+    family = CounterMetricFamily(name, documentation, labels=["bucket"])
+    for bucket, n in rows:
+        family.add_metric([bucket], n)
+    return family
+
+
 def _examples(conn: Connection) -> list[Metric]:
     rows = stats.examples_per_bucket(conn)
-    family = CounterMetricFamily(
-        "lifelong_examples_ingested_total",
-        "Examples stored per bucket (train and probe; duplicates are not stored).",
-        labels=["bucket"],
-    )
-    for name, n in rows:
-        family.add_metric([name], int(n))
-    return [family]
+    doc = "Examples stored per bucket (train and probe; duplicates are not stored)."
+    return [_per_bucket("lifelong_examples_ingested_total", doc, rows)]
 
 
 def _teacher(conn: Connection) -> list[Metric]:
     rows = stats.decisions_per_bucket(conn)
-    decisions = CounterMetricFamily(
-        "lifelong_teacher_decisions_total",
-        "Rounds in which the teacher chose the bucket as its focus.",
-        labels=["bucket"],
-    )
-    rests = 0
-    for name, n in sorted(rows, key=lambda row: row[0] or ""):
-        if name is None:  # a rest (no focus bucket), or a bucket since deleted
-            rests += int(n)
-        else:
-            decisions.add_metric([name], int(n))
+    # No focus bucket: a rest, or a bucket since deleted.
+    rests = sum(n for name, n in rows if name is None)
+    focused = sorted((name, n) for name, n in rows if name is not None)
+    doc = "Rounds in which the teacher chose the bucket as its focus."
     rested = CounterMetricFamily(
         "lifelong_teacher_rests_total", "Rounds in which the teacher chose to rest.", value=rests
     )
-    return [decisions, rested]
+    return [_per_bucket("lifelong_teacher_decisions_total", doc, focused), rested]
 
 
 def _registry(conn: Connection) -> list[Metric]:

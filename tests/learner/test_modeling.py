@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from learner.config import GenerationParams
+from learner.generation import generate
 from learner.modeling import (
     IGNORE_INDEX,
     _DrawToken,
     encode_examples,
-    generate,
     load_base,
     per_example_loss,
 )

@@ -20,10 +20,10 @@ import torch
 from fastapi.testclient import TestClient
 from starlette.requests import ClientDisconnect
 
+from learner import generation
 from learner.config import GenerationParams
 from learner.generation import cut_at_stop, generate_choices
 from learner.modeling import load_base, prompt_ids
-from server import generation
 from server.inference_queue import InferenceQueue
 from server.openai_stream import EventStream, StreamFormat, StreamHooks, start_stream
 from server.settings import LimitSettings
