@@ -137,7 +137,7 @@ class StallTracker:
             f"accuracy {accuracy:.2f}"
         )
         if len(self.losses.get(arm, [])) >= 2:
-            why += f", held-out loss -{loss_gain:.1%} (< {cfg.min_loss_gain:.0%})"
+            why += f", held-out loss {-loss_gain:+.1%} (a fall < {cfg.min_loss_gain:.0%})"
         self.stalled[arm] = why
         self.visits[arm] = 0
         self.since[arm] = [float(accuracy)]  # a revisit is judged against this
