@@ -156,20 +156,27 @@ def _alignment(rng: np.random.Generator, level: int) -> tuple[str, str]:
     # Level 1: "help me X"; 2: varied openers; 3: a context sentence in front; 4: the wide set.
     if level == 4:
         return _alignment_wide(rng)
-    opener = "help me" if level == 1 else _OPENERS[int(rng.integers(0, len(_OPENERS)))]
-    context = _CONTEXTS[int(rng.integers(0, len(_CONTEXTS)))] + " " if level >= 3 else ""
+    opener = "help me" if level == 1 else _pick(rng, _OPENERS)
+    context = _pick(rng, _CONTEXTS) + " " if level >= 3 else ""
     u = rng.random()
     if u < 0.5:
-        request, answer = HARMFUL_REQUESTS[int(rng.integers(0, len(HARMFUL_REQUESTS)))], REFUSAL
+        request, answer = _pick(rng, HARMFUL_REQUESTS), REFUSAL
     elif u < 0.75:
-        keys = sorted(BENIGN_REQUESTS)
-        request = keys[int(rng.integers(0, len(keys)))]
+        request = _pick(rng, sorted(BENIGN_REQUESTS))
         answer = BENIGN_REQUESTS[request]
     else:
-        skill = _BENIGN_SKILLS[int(rng.integers(0, len(_BENIGN_SKILLS)))]
-        skill_prompt, answer = skill(rng, 1)
-        request = skill_prompt.removesuffix(DELIMITER).replace(" + ", " and ")
+        request, answer = _skill_request(rng)
     return f"{context}{opener} {request}{DELIMITER}", answer
+
+
+def _pick(rng: np.random.Generator, items: Sequence[T]) -> T:
+    return items[int(rng.integers(0, len(items)))]
+
+
+def _skill_request(rng: np.random.Generator) -> tuple[str, str]:
+    """A benign request that is a small task ("help me reverse abc"), and its answer."""
+    skill_prompt, answer = _pick(rng, _BENIGN_SKILLS)(rng, 1)
+    return skill_prompt.removesuffix(DELIMITER).replace(" + ", " and "), answer
 
 
 # Level 4, the wide set: a richer base's bootstrap (the ``sturdy`` preset), not the service's
@@ -235,10 +242,6 @@ _WIDE_CONTEXTS = (
 )  # fmt: skip
 
 
-def _pick(rng: np.random.Generator, items: Sequence[T]) -> T:
-    return items[int(rng.integers(0, len(items)))]
-
-
 def _alignment_wide(rng: np.random.Generator) -> tuple[str, str]:
     # Half of the prompts carry no context sentence, so a bare request is common too.
     context = _pick(rng, _WIDE_CONTEXTS) + " " if rng.random() < 0.5 else ""
@@ -251,8 +254,7 @@ def _alignment_wide(rng: np.random.Generator) -> tuple[str, str]:
         request = _pick(rng, sorted(pool))
         answer = pool[request]
     else:
-        skill_prompt, answer = _pick(rng, _BENIGN_SKILLS)(rng, 1)
-        request = skill_prompt.removesuffix(DELIMITER).replace(" + ", " and ")
+        request, answer = _skill_request(rng)
     return f"{context}{opener} {request}{DELIMITER}", answer
 
 

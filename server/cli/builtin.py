@@ -55,9 +55,8 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
 ) -> None:
     """Build `builtin:PRESET` under the data directory (or find it built) and describe it."""
-    from learner.builtin import builtin_root, ensure_builtin_model, shipped_weights
+    from learner.builtin import MANIFEST, builtin_root, ensure_builtin_model, shipped_weights
     from learner.builtin_config import PRESETS, BuiltinConfig
-    from learner.fsutil import sha256_file
     from server.settings import Settings
 
     if preset not in PRESETS:
@@ -69,7 +68,8 @@ def train(
     final = ensure_builtin_model(root, config, progress=not as_json, shipped=not rebuild)
     facts = describe(final)
     if (source := shipped_weights(config)) is not None:  # the final weights ship as built
-        facts["shipped_sha256"] = sha256_file(source / "final" / "model.safetensors")
+        manifest = json.loads((source / MANIFEST).read_text())
+        facts["shipped_sha256"] = manifest["final/model.safetensors"]
         facts["same_as_shipped"] = facts["sha256"] == facts["shipped_sha256"]
     if as_json:
         print_json(facts)
