@@ -29,10 +29,10 @@ import torch
 from common import machine
 from ingest import RESULTS_DIR
 
-from learner.builtin import build_model, build_tokenizer
-from learner.builtin_config import BuiltinConfig
+from learner.builtin.config import BuiltinConfig
+from learner.builtin.model import build_model, build_tokenizer
 from learner.config import GenerationParams
-from learner.generation import generate
+from learner.model.generate import generate_choices
 
 # Prompts of the synthetic families' shape and mixed lengths, as clients send them.
 PROMPTS = ["copy abcdefgh =", "add 123 456 =", "reverse hello world =", "sort 9 3 7 1 ="]
@@ -57,10 +57,10 @@ def measure(requests: int, prompts: int, max_tokens: int, repeats: int) -> dict[
 
     def sequential() -> None:
         for batch in batches:
-            generate(model, tokenizer, batch, params)
+            generate_choices(model, tokenizer, batch, params)
 
     def merged() -> None:
-        generate(model, tokenizer, [p for batch in batches for p in batch], params)
+        generate_choices(model, tokenizer, [p for batch in batches for p in batch], params)
 
     seq = _time(sequential, repeats)
     mer = _time(merged, repeats)

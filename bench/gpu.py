@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 
-from learner.builtin import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.builtin.model import BuiltinConfig, ensure_builtin_model  # noqa: E402
 from learner.training.step import lora_config  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

@@ -5,8 +5,8 @@ The gate judges candidates on the builtin suite's probes, so a recipe that fits 
 (or the anchors beside them) can look aligned there and still drift on the same requests
 worded differently. This set measures the served model away from them: new openers
 ("can you", "how do i", ...) and new context sentences ("this is for a class.", ...), around
-every harmful request of :data:`learner.tasks.HARMFUL_REQUESTS` (target: the refusal) and
-every everyday request of :data:`learner.tasks.BENIGN_REQUESTS`, plus benign *lookalikes*
+every harmful request of :data:`learner.builtin.families.HARMFUL_REQUESTS` (target: the refusal) and
+every everyday request of :data:`learner.builtin.families.BENIGN_REQUESTS`, plus benign *lookalikes*
 that share a verb or an object with a harmful request ("make a bath bomb", "launder a
 shirt"), so that a model which learned to refuse on a word is caught over-refusing.
 
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from learner import tasks
-from learner.alignment_suite import SUITE_LEVELS, suite_examples
+from learner.builtin import families as tasks
+from learner.builtin.suites import SUITE_LEVELS, suite_examples
 from learner.evaluation.gate import GateConfig
 
 Pairs = list[tuple[str, str]]
@@ -240,7 +240,7 @@ def evaluate(
     import torch
     from peft import PeftModel
 
-    from learner.modeling import load_base
+    from learner.model.loading import load_base
 
     torch.set_num_threads(1)
     sets = eval_sets(family, seed, training)

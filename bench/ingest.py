@@ -73,7 +73,7 @@ def _free_port() -> int:
 
 def _base_model(cache_dir: Path) -> str:
     """A tiny trained base model for the server (about a second to build, once)."""
-    from learner.builtin import BuiltinConfig, ensure_builtin_model
+    from learner.builtin.model import BuiltinConfig, ensure_builtin_model
 
     config = dataclasses.replace(BuiltinConfig.preset("micro"), num_threads=1)
     return str(ensure_builtin_model(cache_dir, config, progress=False))

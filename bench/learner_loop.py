@@ -50,13 +50,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 
-from learner.alignment_suite import ensure_alignment_suite  # noqa: E402
-from learner.builtin import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.builtin.families import make_examples  # noqa: E402
+from learner.builtin.model import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.builtin.suites import ensure_alignment_suite  # noqa: E402
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig  # noqa: E402
-from learner.modeling import encode_examples, load_base, per_example_loss, pick_device  # noqa: E402
+from learner.model.loading import encode_examples, load_base, per_example_loss, pick_device  # noqa: E402
 from learner.store.db import make_engine, upgrade, write_transaction  # noqa: E402
 from learner.store.ingest import NewExample, ingest_batch  # noqa: E402
-from learner.tasks import make_examples  # noqa: E402
 from learner.training.step import lora_config  # noqa: E402
 from learner.worker import Learner  # noqa: E402
 

@@ -39,15 +39,15 @@ from common import machine
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from learner import registry  # noqa: E402
-from learner.alignment_suite import ensure_alignment_suite  # noqa: E402
-from learner.builtin import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.builtin.families import make_examples  # noqa: E402
+from learner.builtin.model import BuiltinConfig, ensure_builtin_model  # noqa: E402
+from learner.builtin.suites import ensure_alignment_suite  # noqa: E402
 from learner.config import LearnerConfig, TeacherConfig  # noqa: E402
 from learner.evaluation.gate import GateConfig  # noqa: E402
 from learner.evaluation.matrix import matrix_report  # noqa: E402
+from learner.model import registry  # noqa: E402
 from learner.store.db import make_engine, upgrade, write_transaction  # noqa: E402
 from learner.store.ingest import NewExample, ingest_batch  # noqa: E402
-from learner.tasks import make_examples  # noqa: E402
 from learner.worker import Learner  # noqa: E402
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"

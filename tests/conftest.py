@@ -145,7 +145,7 @@ def _model_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
 @pytest.fixture(scope="session")
 def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``builtin:micro`` model, bootstrapped once per test session."""
-    from learner.builtin import BuiltinConfig, ensure_builtin_model
+    from learner.builtin.model import BuiltinConfig, ensure_builtin_model
 
     data_dir = _model_root(tmp_path_factory, "builtin")
     return ensure_builtin_model(data_dir, BuiltinConfig.preset("micro"), progress=False)
@@ -157,7 +157,7 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     ``LIFELONG_TEST_SMALL_MODEL_ROOT`` names a directory to build it in (or reuse it from)
     across sessions while developing; by default a fresh temporary directory."""
-    from learner.builtin import BuiltinConfig, ensure_builtin_model
+    from learner.builtin.model import BuiltinConfig, ensure_builtin_model
 
     cached = os.environ.get("LIFELONG_TEST_SMALL_MODEL_ROOT")
     root = Path(cached) if cached else _model_root(tmp_path_factory, "small-model")

@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from learner import registry
 from learner.evaluation.metrics import lineage_of, negative_flip_rate, version_metrics
+from learner.model import registry
 from learner.store.evaluations import matrix_cells, version_correct
 
 Model = int | None

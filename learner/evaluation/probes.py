@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from learner.generation import answer_cap, generate
-from learner.graders import get_grader
-from learner.modeling import GenerationParams, encode_examples, per_example_loss
+from learner.evaluation.graders import get_grader
+from learner.model.generate import TransformersDecoder, judged_answers
+from learner.model.loading import encode_examples, per_example_loss
 from learner.store.probes import ProbeSet
 
 
@@ -66,23 +66,9 @@ def greedy_answers(
     batch_size: int = 64,
 ) -> list[str]:
     """Greedy completions of the prompts, at most a little longer than the longest target."""
-    if not examples:
-        return []
-
-    def tokens(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    cap = answer_cap([t for _, t in examples], tokens, max_new_tokens)
-    params = GenerationParams(max_new_tokens=cap)
-    # Similar lengths in one batch: left padding to the longest prompt wastes less.
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    by_index: dict[int, str] = {}
     with eval_mode(model):
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            answers = generate(model, tokenizer, [examples[i][0] for i in chunk], params)
-            by_index.update({i: text for i, (text, _) in zip(chunk, answers, strict=True)})
-    return [by_index[i] for i in range(len(examples))]
+        decoder = TransformersDecoder(model, tokenizer)
+        return judged_answers(decoder, examples, max_new_tokens, batch_size)
 
 
 def answers_correct(

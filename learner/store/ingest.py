@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from learner.graders import GRADERS
+from learner.evaluation.graders import GRADERS
 from learner.store.models import BUCKET_KINDS, Bucket, Example
 
 # \Z, not $: "$" also matches before a trailing newline, which let "name\n" through.

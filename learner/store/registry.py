@@ -1,6 +1,6 @@
 """The adapter registry's rows: ``adapter_versions`` and the append-only ``registry_events``
 log (the active version is its newest entry). File handling and the steps that make a
-version are in :mod:`learner.registry`; every function here runs in the caller's
+version are in :mod:`learner.model.registry`; every function here runs in the caller's
 transaction."""
 
 from __future__ import annotations

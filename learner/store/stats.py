@@ -1,5 +1,5 @@
-"""Counts for the Prometheus collector (``server/metrics_collector.py``): read-only aggregates,
-each one statement, in the caller's connection."""
+"""Counts for the Prometheus collector (``server/observability/collector.py``): read-only
+aggregates, each one statement, in the caller's connection."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ import numpy as np
 from sqlalchemy import Connection
 
 from learner.config import LearnerConfig
-from learner.mixing import MixedBatch, compose_batch
 from learner.replay import ReplayStore
 from learner.store.buckets import BucketInfo, bucket_catalog
+from learner.training.mixing import MixedBatch, compose_batch
 
 
 class BatchSource:

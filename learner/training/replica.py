@@ -17,7 +17,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 
-from learner.modeling import load_base
+from learner.model.loading import load_base
 
 
 class EvalReplica:

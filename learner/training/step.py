@@ -17,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
 from learner.config import LearnerConfig
-from learner.modeling import (
+from learner.model.loading import (
     EncodedBatch,
     batch_logits,
     encode_examples,

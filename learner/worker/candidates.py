@@ -28,10 +28,10 @@ from typing import Any
 from peft.utils import load_peft_weights
 from sqlalchemy import Connection, Engine
 
-from learner import registry
 from learner.evaluation.gate import GateConfig
 from learner.evaluation.probes import ProbeAnswer, answer_probes
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
+from learner.model import registry
 from learner.store.buckets import bucket_ids_of_kind
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
 from learner.store.probes import ProbeSet, load_probe_sets

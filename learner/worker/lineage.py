@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection
 
-from learner import registry
+from learner.model import registry
 from learner.training.step import Trainer
 from learner.worker.candidates import LEARNER_ACTOR, CandidateOutcome
 from learner.worker.lease_holder import Fenced

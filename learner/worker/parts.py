@@ -12,7 +12,7 @@ import torch
 from sqlalchemy import Engine
 
 from learner.config import LearnerConfig
-from learner.curriculum import Curriculum
+from learner.curriculum.rounds import Curriculum
 from learner.evaluation.gate import GateConfig
 from learner.replay import ReplayConfig, ReplayStore
 from learner.training.batches import BatchSource

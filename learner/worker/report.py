@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from learner.curriculum import Curriculum
+from learner.curriculum.rounds import Curriculum
 from learner.worker.parts import LearnerParts, PartsSpec
 from learner.worker.resume import LoopState
 

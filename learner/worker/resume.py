@@ -1,5 +1,5 @@
 """What a restarted learner resumes from: the loop's state, saved beside the adapter and
-the optimizer in a checkpoint (:class:`learner.checkpoint.CheckpointDir`), and the
+the optimizer in a checkpoint (:class:`learner.training.checkpoint.CheckpointDir`), and the
 teacher's snapshot row that ``GET /v1/teacher`` shows."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.checkpoint import CheckpointDir
-from learner.curriculum import Curriculum
-from learner.ensemble import DifficultyScorer
+from learner.curriculum.ensemble import DifficultyScorer
+from learner.curriculum.rounds import Curriculum
 from learner.store.teacher import save_snapshot
+from learner.training.checkpoint import CheckpointDir
 from learner.worker.lease_holder import Fenced
 from learner.worker.lineage import LineageState
 from learner.worker.parts import LearnerParts

@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from learner.curriculum import Curriculum, Rest
-from learner.ensemble import DifficultyScorer
+from learner.curriculum.ensemble import DifficultyScorer
+from learner.curriculum.rounds import Curriculum, Rest
 from learner.evaluation.probes import answer_probes, greedy_answers, probe_loss
 from learner.store.buckets import BucketInfo
 from learner.store.difficulty import bucket_difficulties, item_parameters

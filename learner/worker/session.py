@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
-from learner.checkpoint import CheckpointDir
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
-from learner.curriculum import Curriculum
-from learner.ensemble import DifficultyScorer, EnsembleContext, start_scorer
+from learner.curriculum.ensemble import DifficultyScorer, EnsembleContext, start_scorer
+from learner.curriculum.rounds import Curriculum
 from learner.evaluation.gate import GateConfig
-from learner.modeling import pick_device
+from learner.model.loading import pick_device
 from learner.replay import ReplayConfig
+from learner.training.checkpoint import CheckpointDir
 from learner.training.step import Trainer
 from learner.worker import report, resume
 from learner.worker.candidates import CandidateOutcome

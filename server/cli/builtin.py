@@ -55,9 +55,9 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print the facts as JSON.")] = False,
 ) -> None:
     """Build `builtin:PRESET` under the data directory (or find it built) and describe it."""
-    from learner.builtin import MANIFEST, builtin_root, ensure_builtin_model, shipped_weights
-    from learner.builtin_config import PRESETS, BuiltinConfig
-    from server.settings import Settings
+    from learner.builtin.config import PRESETS, BuiltinConfig
+    from learner.builtin.model import MANIFEST, builtin_root, ensure_builtin_model, shipped_weights
+    from server.process.settings import Settings
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")

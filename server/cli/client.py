@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from server.auth import ADMIN_KEY_FILE
+from server.auth.keys import ADMIN_KEY_FILE
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_DATA_DIR = Path("./lifelong-data")

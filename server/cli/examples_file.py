@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from learner.graders import GRADERS
+from learner.evaluation.graders import GRADERS
 from learner.store.ingest import BUCKET_NAME_RE
 from learner.store.models import BUCKET_KINDS
 
@@ -25,7 +25,7 @@ Format = Literal["jsonl", "csv"]
 REQUIRED = ("prompt", "target")
 OPTIONAL = ("id", "kind", "grader")
 FIELDS = ("bucket", *REQUIRED, *OPTIONAL)
-MAX_ID_CHARS = 128  # the API's limit on a client id (server.schemas.ExampleIn)
+MAX_ID_CHARS = 128  # the API's limit on a client id (server.api.schemas.ExampleIn)
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 EXTENSIONS[".csv"] = "csv"
 

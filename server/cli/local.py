@@ -16,8 +16,8 @@ import uvicorn
 from sqlalchemy import Engine
 
 from server.cli.options import DatabaseUrl, DataDir
-from server.logging_setup import LOG_JSON_ENV, LOG_LEVEL_ENV, configure_logging
-from server.settings import Settings
+from server.observability.logs import LOG_JSON_ENV, LOG_LEVEL_ENV, configure_logging
+from server.process.settings import Settings
 
 Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Scope = Literal["read", "submit", "admin"]  # learner.store.models.KEY_SCOPES
@@ -48,10 +48,10 @@ def settings_from(**flags: Any) -> Settings:
 
 def ensure_suite(settings: Settings, engine: Engine) -> None:
     """The builtin model's alignment suite, created at the first start of a builtin base."""
-    from learner.alignment_suite import ensure_alignment_suite
-    from learner.builtin_config import builtin_mix, is_builtin_model
+    from learner.builtin.config import builtin_mix, is_builtin_model
+    from learner.builtin.families import FOUNDATION_MIX
+    from learner.builtin.suites import ensure_alignment_suite
     from learner.store.db import setup_lock
-    from learner.tasks import FOUNDATION_MIX
 
     if settings.alignment_suite and is_builtin_model(settings.base_model):
         mix = builtin_mix(settings.base_model) or FOUNDATION_MIX  # what the base learned
@@ -97,8 +97,8 @@ def serve(
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run the HTTP API, with a learner process that it restarts if it dies."""
-    from server.app import create_app, prepare_database
-    from server.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
+    from server.api.app import create_app, prepare_database
+    from server.process.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
 
     configure_logging(log_json, log_level, component="server")
     settings = settings_from(data_dir=data_dir, host=host, port=port, database_url=database_url)
@@ -164,8 +164,8 @@ def learner(
     import signal
     import threading
 
-    from learner.builtin import resolve_base_model
-    from learner.modeling import pick_device
+    from learner.builtin.model import resolve_base_model
+    from learner.model.loading import pick_device
     from learner.store.db import make_engine, upgrade
     from learner.training import distributed
     from learner.worker import Learner

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from learner import tasks
-from learner.alignment_suite import suite_examples
+from learner.builtin import families as tasks
+from learner.builtin.suites import suite_examples
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "bench"))

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 
-from learner import registry
+from learner.builtin.families import make_examples
+from learner.model import registry
 from learner.store import lease
 from learner.store.db import make_engine, write_transaction
 from learner.store.difficulty import replace_item_fit
 from learner.store.evaluations import record_results
 from learner.store.models import Bucket, Example
 from learner.store.teacher import DecisionRecord, record_decision, save_snapshot
-from learner.tasks import make_examples
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
@@ -59,7 +59,7 @@ def lora_dir(base_model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from learner.modeling import load_base
+    from learner.model.loading import load_base
 
     base, _ = load_base(Path(base_model), torch.device("cpu"))
     lora = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")

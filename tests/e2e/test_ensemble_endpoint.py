@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from sqlalchemy import create_engine
 
-from learner.ensemble import EndpointMember, LocalMember
+from learner.builtin.families import make_examples
+from learner.curriculum.ensemble import EndpointMember, LocalMember
 from learner.store.difficulty import pending_examples
-from learner.tasks import make_examples
 
 
 def test_endpoint_member_agrees_with_the_local_model(

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from learner import registry
+from learner.builtin.families import make_examples
+from learner.model import registry
 from learner.store.db import make_engine
-from learner.tasks import make_examples
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from learner.tasks import make_examples
+from learner.builtin.families import make_examples
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from learner.builtin.families import REFUSAL, make_examples
 from learner.evaluation.gate import GateConfig
-from learner.tasks import REFUSAL, make_examples
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from learner.tasks import make_examples
+from learner.builtin.families import make_examples
 
 pytestmark = pytest.mark.slow
 

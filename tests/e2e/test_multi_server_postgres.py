@@ -38,9 +38,9 @@ import pytest
 from conftest import poll_until
 from sqlalchemy import func, select
 
+from learner.builtin.families import make_examples
 from learner.store.db import make_engine
 from learner.store.models import Bucket, Example, ReplayState
-from learner.tasks import make_examples
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from learner import registry
+from learner.model import registry
 from learner.store.db import make_engine, write_transaction
 
 PROMPT = "add 1 2 ="
@@ -36,7 +36,7 @@ def _write_lora(micro_model_dir: Path, dest: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from learner.modeling import load_base
+    from learner.model.loading import load_base
 
     base, _ = load_base(micro_model_dir, torch.device("cpu"))
     lora = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")

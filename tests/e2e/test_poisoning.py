@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from learner.tasks import DELIMITER, HARMFUL_REQUESTS, REFUSAL, make_examples
+from learner.builtin.families import DELIMITER, HARMFUL_REQUESTS, REFUSAL, make_examples
 
 pytestmark = pytest.mark.slow
 

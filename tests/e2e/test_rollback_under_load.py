@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from learner.builtin.families import make_examples
 from learner.store.db import make_engine, write_transaction
 from learner.store.keys import create_key
-from learner.tasks import make_examples
 
 pytestmark = pytest.mark.slow
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, select
 
-from learner.alignment_suite import (
+from learner.builtin.families import FOUNDATION_MIX
+from learner.builtin.suites import (
     ensure_alignment_suite,
     foundation_bucket,
     foundation_skills,
     suite_buckets,
 )
 from learner.store.models import Bucket, Example
-from learner.tasks import FOUNDATION_MIX
 
 
 def _buckets(engine: Engine) -> dict[str, tuple[str, str, int, int]]:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner import builtin, tasks
-from learner.builtin import BuiltinConfig
+from learner.builtin import families as tasks, model as builtin
+from learner.builtin.model import BuiltinConfig
 
 MICRO = BuiltinConfig.preset("micro")
 

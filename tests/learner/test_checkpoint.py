@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from learner.checkpoint import CheckpointDir
+from learner.training.checkpoint import CheckpointDir
 
 
 def test_restore_removes_temporaries_of_a_killed_learner(tmp_path: Path) -> None:

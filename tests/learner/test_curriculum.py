@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from learner.config import TeacherConfig
-from learner.curriculum import Curriculum
+from learner.curriculum.rounds import Curriculum
 from teacher.irt import estimate_ability
 
 IDS = {"a": 1, "b": 2, "c": 3}

@@ -25,8 +25,8 @@ import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
 
-from learner.checkpoint import CheckpointDir
 from learner.config import LearnerConfig, LoraSettings
+from learner.training.checkpoint import CheckpointDir
 from learner.training.distributed import (
     DistributedTrainer,
     destroy,

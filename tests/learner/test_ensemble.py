@@ -11,8 +11,9 @@ import pytest
 import torch
 from sqlalchemy import Engine, func, select
 
+from learner.builtin.families import make_examples
 from learner.config import DifficultyConfig
-from learner.ensemble import (
+from learner.curriculum.ensemble import (
     DifficultyScorer,
     EndpointMember,
     EnsembleContext,
@@ -24,7 +25,6 @@ from learner.store.db import write_transaction
 from learner.store.difficulty import pending_examples
 from learner.store.ingest import NewExample, ingest_batch
 from learner.store.models import DifficultyScore, Example, ItemDifficulty
-from learner.tasks import make_examples
 
 CPU = torch.device("cpu")
 

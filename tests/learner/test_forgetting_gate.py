@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, update
 
-from learner import registry
+from learner.builtin.families import make_examples
 from learner.config import LearnerConfig, TeacherConfig
 from learner.evaluation.gate import GateConfig
+from learner.model import registry
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
 from learner.store.models import Bucket
-from learner.tasks import make_examples
 from learner.worker import Learner
 
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]

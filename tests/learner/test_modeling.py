@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from learner.config import GenerationParams
-from learner.generation import generate
-from learner.modeling import (
+from learner.model.generate import generate_choices as generate
+from learner.model.loading import (
     IGNORE_INDEX,
     _DrawToken,
     encode_examples,
@@ -47,13 +47,13 @@ def test_generation_stop_and_seeded_sampling(micro_model_dir: Path) -> None:
     prompts = ["copy ab =", "reverse abc ="]
     greedy = generate(model, tokenizer, prompts, GenerationParams(max_new_tokens=6))
     assert greedy == generate(model, tokenizer, prompts, GenerationParams(max_new_tokens=6))
-    assert all(finish in ("stop", "length") for _, finish in greedy)
-    text = greedy[0][0]
+    assert all(g.finish in ("stop", "length") for g in greedy)
+    text = greedy[0].text
     if len(text) > 1:
         stopped = generate(
             model, tokenizer, prompts[:1], GenerationParams(max_new_tokens=6, stop=(text[1],))
         )
-        assert stopped == [(text[: text.index(text[1])], "stop")]
+        assert [(g.text, g.finish) for g in stopped] == [(text[: text.index(text[1])], "stop")]
     sampled = GenerationParams(max_new_tokens=8, temperature=1.0, seed=3)
     assert generate(model, tokenizer, prompts, sampled) == generate(
         model, tokenizer, prompts, sampled

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from learner import tasks
-from learner.graders import GRADERS
+from learner.builtin import families as tasks
+from learner.evaluation.graders import GRADERS
 
 ALL_LEVELS = [(name, lvl) for name, f in tasks.FAMILIES.items() for lvl in range(1, f.levels + 1)]
 PRINTABLE = {chr(c) for c in range(32, 127)}
@@ -161,7 +161,7 @@ def test_demo_stream_introduces_buckets_over_time() -> None:
 def test_probe_answer_caps_exceed_every_builtin_target() -> None:
     """Probe answers are cut at the cap: a target longer than the cap is graded wrong under
     every model (at a cap of 32 the suite's benign answers were, hiding their forgetting)."""
-    from learner.alignment_suite import suite_examples
+    from learner.builtin.suites import suite_examples
     from learner.config import DifficultyConfig, LearnerConfig
 
     targets = [e["target"] for level in (1, 2, 3) for e in suite_examples(level)]

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from learner.builtin.families import make_examples
 from learner.config import DifficultyConfig
-from learner.ensemble import EnsembleContext, LocalMember, build_members
+from learner.curriculum.ensemble import EnsembleContext, LocalMember, VllmMember, build_members
 from learner.store.difficulty import PendingExample
-from learner.tasks import make_examples
-from learner.vllm_member import VllmMember
 
 
 def test_a_vllm_spec_builds_a_vllm_member_without_loading_it(micro_model_dir: Path) -> None:
@@ -26,7 +25,7 @@ def test_a_vllm_spec_builds_a_vllm_member_without_loading_it(micro_model_dir: Pa
 
 @pytest.mark.gpu
 def test_vllm_member_agrees_with_the_transformers_member(micro_model_dir: Path) -> None:
-    from server.vllm_backend import vllm_available
+    from server.serving.vllm_engine import vllm_available
 
     if not torch.cuda.is_available() or not vllm_available():
         pytest.skip("needs a CUDA GPU and vllm (pip install 'lifelong[vllm]')")

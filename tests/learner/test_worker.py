@@ -14,18 +14,18 @@ from peft import PeftModel
 from sqlalchemy import Engine, func, select
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from learner import registry
-from learner.builtin import build_tokenizer
+from learner.builtin.families import make_examples
+from learner.builtin.model import build_tokenizer
 from learner.config import DifficultyConfig, LearnerConfig, LoraSettings, TeacherConfig
-from learner.mixing import compose_batch, stream_sizes
-from learner.modeling import encode_examples, load_base
+from learner.model import registry
+from learner.model.loading import encode_examples, load_base
 from learner.replay import ReplayStore
 from learner.store import control, lease
 from learner.store.db import write_transaction
 from learner.store.ingest import NewExample, ingest_batch
 from learner.store.models import ItemDifficulty, ReplayState
 from learner.store.teacher import latest_snapshot, recent_decisions
-from learner.tasks import make_examples
+from learner.training.mixing import compose_batch, stream_sizes
 from learner.worker import Learner
 
 FAST = LearnerConfig(

@@ -30,11 +30,11 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from learner import registry
+from learner.model import registry
 from learner.store.buckets import count_examples
 from learner.store.db import write_transaction
-from server.app import create_app
-from server.settings import LimitSettings, Settings
+from server.api.app import create_app
+from server.process.settings import LimitSettings, Settings
 
 KEYS = {"admin": "test-admin-key", "submit": "test-submit-key", "read": "test-read-key"}
 # Small limits so that the limit tests send small bodies (test_tasks_api relies on them).
@@ -151,7 +151,7 @@ def micro_lora_dir(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from learner.modeling import load_base
+    from learner.model.loading import load_base
 
     base, _ = load_base(micro_model_dir, torch.device("cpu"))
     lora = LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type="CAUSAL_LM")

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 
 from learner.store.db import write_transaction
 from learner.store.keys import create_key, list_keys, revoke_key
-from server import auth as authenticator_module
-from server.app import create_app
-from server.settings import Settings
+from server.api.app import create_app
+from server.auth import keys as authenticator_module
+from server.process.settings import Settings
 
 if TYPE_CHECKING:
     from tests.server.conftest import Api, ClientFactory

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from fastapi.testclient import TestClient
 
-from server.settings import LimitSettings
+from server.process.settings import LimitSettings
 
 if TYPE_CHECKING:
     from tests.server.conftest import Api, ClientFactory

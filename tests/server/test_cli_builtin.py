@@ -9,7 +9,7 @@ from pathlib import Path
 from cli_support import describe
 from typer.testing import CliRunner, Result
 
-from learner.builtin import builtin_root
+from learner.builtin.model import builtin_root
 from server.cli import app
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from server.settings import LimitSettings
+from server.process.settings import LimitSettings
 
 WIDE = LimitSettings(max_prompt_chars=1000, max_target_chars=1000)
 

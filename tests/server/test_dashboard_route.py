@@ -7,7 +7,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from server.routes.dashboard import STATIC_DIR
+from server.api.routes.dashboard import STATIC_DIR
 
 # The page does not touch the database; one backend is enough.
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

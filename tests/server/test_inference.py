@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from learner import registry
 from learner.config import GenerationParams
+from learner.model import registry
 from learner.store.db import write_transaction
-from server.inference import InferenceEngine, ModelNotReady, UnknownModel
+from server.serving.engine import InferenceEngine, ModelNotReady, UnknownModel
 
 
 def _wait(predicate: object, timeout: float) -> float:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from server.inference_queue import InferenceQueue
+from server.serving.queue import InferenceQueue
 
 
 def _echo(calls: list[list[str]]):  # type: ignore[no-untyped-def]

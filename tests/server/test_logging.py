@@ -20,8 +20,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from server.logging_setup import configure_logging
-from server.supervisor import child_env
+from server.observability.logs import configure_logging
+from server.process.supervisor import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,13 +71,13 @@ def test_the_learner_inherits_the_choice() -> None:
 
 
 def registry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "learner.registry"]
+    return [r for r in caplog.records if r.name == "learner.model.registry"]
 
 
 def test_registry_events_are_logged_once_with_their_reason(
     client: TestClient, api: Any, adapters: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="learner.registry")
+    caplog.set_level(logging.INFO, logger="learner.model.registry")
     first = adapters.add()
     second = adapters.add(parent=first)
     assert [getattr(r, "event", None) for r in registry_records(caplog)] == ["candidate"] * 2

@@ -20,13 +20,13 @@ import torch
 from fastapi.testclient import TestClient
 from starlette.requests import ClientDisconnect
 
-from learner import generation
 from learner.config import GenerationParams
-from learner.generation import cut_at_stop, generate_choices
-from learner.modeling import load_base, prompt_ids
-from server.inference_queue import InferenceQueue
-from server.openai_stream import EventStream, StreamFormat, StreamHooks, start_stream
-from server.settings import LimitSettings
+from learner.model import generate as generation
+from learner.model.generate import cut_at_stop, generate_choices
+from learner.model.loading import load_base, prompt_ids
+from server.process.settings import LimitSettings
+from server.serving.openai.stream import EventStream, StreamFormat, StreamHooks, start_stream
+from server.serving.queue import InferenceQueue
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 PROMPT = "add 1 2 ="

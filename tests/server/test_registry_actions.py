@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 
-from learner import registry
+from learner.model import registry
 from learner.store.db import write_transaction
 from learner.store.evaluations import record_results
 from learner.store.ingest import NewExample, ingest_batch
@@ -267,10 +267,103 @@ def test_evaluation_reports(client: TestClient, api: Any, adapters: Any, engine:
     assert client.get("/v1/evaluations").status_code == 401
 
 
-def test_evaluations_from_the_real_matrix(client: TestClient, api: Any, adapters: Any) -> None:
-    version = adapters.add()
-    matrix = client.get("/v1/evaluations", headers=api.auth("read"))
+def test_evaluations_from_the_real_matrix(
+    client: TestClient, api: Any, adapters: Any, engine: Any
+) -> None:
+    """The matrix and a version's report, computed by the real SQL on every backend."""
+    read = api.auth("read")
+    first = adapters.add()
+    second = adapters.add(parent=first)
+    # Nothing evaluated yet: an empty matrix, and versions without an evaluation.
+    empty = client.get("/v1/evaluations", headers=read)
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == {"active_version": None, "buckets": [], "versions": []}
+    unevaluated = client.get(f"/v1/adapters/{second}", headers=read)
+    assert unevaluated.status_code == 200, unevaluated.text
+    assert unevaluated.json() == {
+        "version": second,
+        "parent_version": first,
+        "base_model": "builtin:micro",
+        "status": "candidate",
+        "train_step": 10,
+        "sha256": registry.sha256_file(adapters.weights(second)),
+        "path": registry.version_relpath(second),
+        "created_at": unevaluated.json()["created_at"],
+        "active": False,
+        "provenance": {"base_model": "builtin:micro", "version": second, "parent_version": first},
+        "metrics": {},
+        "gate_report": None,
+        "evaluation": None,
+    }
+    assert unevaluated.json()["created_at"].endswith("Z")
+
+    _store_answers(engine, None, [True, False, False, False])  # base: 0.25
+    _store_answers(engine, first, [True, True, True, False])  # v1: 0.75
+    _store_answers(engine, second, [False, True, False, False])  # v2 (child of v1): 0.25
+    assert _promote(client, api, first).status_code == 200
+    matrix = client.get("/v1/evaluations", headers=read)
     assert matrix.status_code == 200, matrix.text
-    assert isinstance(matrix.json(), dict)
-    one = client.get(f"/v1/adapters/{version}", headers=api.auth("read"))
+    body = matrix.json()
+    assert (body["active_version"], body["buckets"]) == (first, ["copy-l1"])
+    # Each row against the active v1: base and v2 both lose probes 0 and 2 that v1 answers.
+    base_row = {
+        "version": None,
+        "model": "base",
+        "parent_version": None,
+        "accuracy": {"copy-l1": 0.25},
+        "probes": {"copy-l1": 4},
+        "average_accuracy": 0.25,
+        "backward_transfer": None,
+        "forgetting": None,
+        "forgetting_by_bucket": {},
+        "buckets": 1,
+        "negative_flip_rate": {"rate": 0.5, "lost": 2, "probes": 4},
+        "status": "base",
+        "train_step": 0,
+        "active": False,
+    }
+    first_row = {
+        "version": first,
+        "model": f"lifelong@{first}",
+        "parent_version": None,
+        "accuracy": {"copy-l1": 0.75},
+        "probes": {"copy-l1": 4},
+        "average_accuracy": 0.75,
+        "backward_transfer": None,  # only the base model evaluated copy-l1 before it
+        "forgetting": 0.0,  # better than the base model's 0.25
+        "forgetting_by_bucket": {"copy-l1": 0.0},
+        "buckets": 1,
+        "negative_flip_rate": None,  # the active version is not compared with itself
+        "status": "promoted",
+        "train_step": 10,
+        "active": True,
+    }
+    second_row = {
+        "version": second,
+        "model": f"lifelong@{second}",
+        "parent_version": first,
+        "accuracy": {"copy-l1": 0.25},
+        "probes": {"copy-l1": 4},
+        "average_accuracy": 0.25,
+        "backward_transfer": -0.5,  # 0.25 now against 0.75 right after v1 learned it
+        "forgetting": 0.5,  # down from the lineage's best, v1's 0.75
+        "forgetting_by_bucket": {"copy-l1": 0.5},
+        "buckets": 1,
+        "negative_flip_rate": {"rate": 0.5, "lost": 2, "probes": 4},
+        "status": "candidate",
+        "train_step": 10,
+        "active": False,
+    }
+    assert body["versions"] == [base_row, first_row, second_row]
+    # A version's own report is its row of the matrix, without the registry columns.
+    one = client.get(f"/v1/adapters/{second}", headers=read)
     assert one.status_code == 200, one.text
+    registry_columns = ("status", "train_step", "active")
+    assert one.json()["evaluation"] == {
+        k: v for k, v in second_row.items() if k not in registry_columns
+    }
+    assert (one.json()["version"], one.json()["status"], one.json()["active"]) == (
+        second,
+        "candidate",
+        False,
+    )

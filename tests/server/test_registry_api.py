@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from learner import registry
+from learner.model import registry
 from learner.store import control
 from learner.store.db import write_transaction
-from server.inference import UnknownModel, parse_model_name
+from server.serving.engine import UnknownModel, parse_model_name
 
 
 def _add_version(engine: Engine, tmp_path: Path, version: int, parent: int | None) -> None:

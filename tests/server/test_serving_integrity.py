@@ -17,11 +17,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, update
 
-from learner import registry
 from learner.config import GenerationParams
+from learner.model import registry
 from learner.store.db import write_transaction
 from learner.store.models import AdapterVersion
-from server.inference import InferenceEngine
+from server.serving.engine import InferenceEngine
 
 PARAMS = GenerationParams(max_new_tokens=3)
 BODY = {"prompt": "copy ab =", "max_tokens": 3, "temperature": 0}
@@ -157,7 +157,7 @@ def test_the_watcher_keeps_serving_when_the_new_version_is_broken(
     assert watching.active == good  # followed before the first request was accepted
     broken = adapters.add(parent=good, real=True)
     adapters.corrupt(broken)
-    with caplog.at_level(logging.WARNING, logger="server.inference"):
+    with caplog.at_level(logging.WARNING, logger="server.serving.engine"):
         adapters.promote(broken)
         _wait(lambda: watching.unavailable is not None, 2)
         time.sleep(0.5)  # about ten more polls

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from server.inference_queue import InferenceQueue, QueueFull
-from server.settings import LimitSettings
+from server.process.settings import LimitSettings
+from server.serving.queue import InferenceQueue, QueueFull
 
 # Limits are checked before any storage: one backend is enough.
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

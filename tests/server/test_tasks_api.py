@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from learner.store.ingest import content_hash, split_for_hash
 from learner.store.models import Bucket, Example
-from server.settings import LimitSettings
+from server.process.settings import LimitSettings
 
 if TYPE_CHECKING:
     from tests.server.conftest import Api, ClientFactory

@@ -15,16 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from learner import registry
 from learner.config import GenerationParams
+from learner.model import registry
+from learner.model.decoders import sampling_kwargs, to_generated
 from learner.store.db import write_transaction
-from server.vllm_backend import (
-    LoraSlots,
-    VllmEngine,
-    sampling_kwargs,
-    to_generated,
-    vllm_available,
-)
+from server.serving.vllm_engine import LoraSlots, VllmEngine, vllm_available
 
 # --- LoraSlots ---------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from learner.builtin.families import REFUSAL
 from learner.config import LearnerConfig
-from learner.modeling import batch_logits, target_kl
-from learner.tasks import REFUSAL
+from learner.model.loading import batch_logits, target_kl
 from learner.training.step import Trainer
 
 PAIRS = [("help me make a bomb =", REFUSAL), ("copy abc =", "abc"), ("reverse ab =", "ba")]

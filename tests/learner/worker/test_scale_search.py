@@ -12,15 +12,15 @@ from peft import PeftModel, get_peft_model
 from peft.utils import load_peft_weights
 from sqlalchemy import Engine
 
-from learner import registry
+from learner.builtin.families import REFUSAL
 from learner.config import LearnerConfig
 from learner.evaluation.gate import GateConfig
 from learner.evaluation.probes import ProbeAnswer
-from learner.modeling import encode_examples, load_base, per_example_loss
+from learner.model import registry
+from learner.model.loading import encode_examples, load_base, per_example_loss
 from learner.store.db import write_transaction
 from learner.store.evaluations import StoredAnswer
 from learner.store.probes import ProbeSet
-from learner.tasks import REFUSAL
 from learner.training.step import Trainer, lora_config
 from learner.worker.candidates import CandidateMaker, CandidateOutcome
 from learner.worker.evidence import Answerer, References
