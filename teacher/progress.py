@@ -17,8 +17,33 @@ from typing import Any
 import numpy as np
 
 
-class ProbeProgress:
+def per_arm_floats(values: dict[str, Any]) -> dict[str, list[float]]:
+    """A copy of per-arm value lists as plain floats: what a state dict holds (JSON-safe)
+    and what loading one restores."""
+    return {arm: [float(x) for x in v] for arm, v in values.items()}
+
+
+class PerArmLists:
+    """The state of a tracker that keeps a list of floats per arm (in the attribute named
+    by ``_lists``) and a few numeric settings (``_settings``, restored as their type)."""
+
+    _settings: tuple[str, ...] = ()
+    _lists = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {name: getattr(self, name) for name in self._settings}
+        return {**state, self._lists: per_arm_floats(getattr(self, self._lists))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._settings:
+            setattr(self, name, type(getattr(self, name))(state[name]))
+        setattr(self, self._lists, per_arm_floats(state[self._lists]))
+
+
+class ProbeProgress(PerArmLists):
     """Absolute learning progress of probe accuracy between evaluations (ALP)."""
+
+    _settings, _lists = ("k", "keep"), "history"
 
     def __init__(self, k: int = 1, keep: int = 32) -> None:
         if k < 1 or keep <= k:
@@ -43,20 +68,11 @@ class ProbeProgress:
         h = self.history.get(arm)
         return h[-1] if h else None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "keep": self.keep,
-            "history": {a: list(h) for a, h in self.history.items()},
-        }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.k, self.keep = int(state["k"]), int(state["keep"])
-        self.history = {a: [float(x) for x in h] for a, h in state["history"].items()}
-
-
-class EmaProgress:
+class EmaProgress(PerArmLists):
     """Fast-minus-slow EMA of the training loss (TSCL online). Negative while loss falls."""
+
+    _settings, _lists = ("fast", "slow"), "emas"
 
     def __init__(self, fast: float = 0.5, slow: float = 0.1) -> None:
         if not 0.0 < slow < fast <= 1.0:
@@ -78,17 +94,6 @@ class EmaProgress:
     def progress(self, arm: str) -> float | None:
         e = self.emas.get(arm)
         return None if e is None else e[0] - e[1]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "fast": self.fast,
-            "slow": self.slow,
-            "emas": {a: list(e) for a, e in self.emas.items()},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.fast, self.slow = float(state["fast"]), float(state["slow"])
-        self.emas = {a: [float(x) for x in e] for a, e in state["emas"].items()}
 
 
 class WindowSlope:

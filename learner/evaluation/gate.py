@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from learner.config import FloatList, TextList
-from learner.evaluation.metrics import (
+from learner.evaluation.measures import (
     Answers,
     PairedComparison,
     clopper_pearson_lower,

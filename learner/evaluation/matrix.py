@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from learner.evaluation.metrics import lineage_of, negative_flip_rate, version_metrics
+from learner.evaluation.measures import lineage_of, negative_flip_rate, version_metrics
 from learner.model import registry
 from learner.store.evaluations import matrix_cells, version_correct
 

@@ -50,7 +50,7 @@ def answer_probes(
     batch_size: int = 64,
 ) -> list[ProbeAnswer]:
     """The model's greedy answer to every probe of the set, graded."""
-    texts = greedy_answers(model, tokenizer, probes.examples, max_new_tokens, batch_size)
+    texts = greedy_answers(model, tokenizer, probes.examples, max_new_tokens, batch_size=batch_size)
     grade = get_grader(probes.grader)
     return [
         ProbeAnswer(eid, bool(grade(text, target)), text)
@@ -63,26 +63,13 @@ def greedy_answers(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[tuple[str, str]],
     max_new_tokens: int,
+    *,
     batch_size: int = 64,
 ) -> list[str]:
     """Greedy completions of the prompts, at most a little longer than the longest target."""
     with eval_mode(model):
         decoder = TransformersDecoder(model, tokenizer)
         return judged_answers(decoder, examples, max_new_tokens, batch_size)
-
-
-def answers_correct(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[tuple[str, str]],
-    grader: str,
-    max_new_tokens: int,
-    batch_size: int = 64,
-) -> list[bool]:
-    """Whether the model's greedy completion of each prompt is accepted by ``grader``."""
-    grade = get_grader(grader)
-    texts = greedy_answers(model, tokenizer, examples, max_new_tokens, batch_size)
-    return [bool(grade(text, target)) for text, (_, target) in zip(texts, examples, strict=True)]
 
 
 @torch.no_grad()

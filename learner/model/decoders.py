@@ -9,7 +9,6 @@ finish reasons follow the rules of :func:`learner.model.generate.generate_choice
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from learner.config import GenerationParams
-from learner.model.generate import Generated, OnDelta, TokenLogprob, cut_at_stop
+from learner.model.generate import JUDGED, Delivery, Generated, TokenLogprob, cut_at_stop
 
 # --- vLLM ----------------------------------------------------------------------------------
 
@@ -70,16 +69,11 @@ class VllmDecoder:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(
-        self,
-        prompts: Sequence[str],
-        params: GenerationParams,
-        *,
-        top_logprobs: int | None = None,
-        on_delta: OnDelta | None = None,
-        cancel: threading.Event | None = None,
+        self, prompts: Sequence[str], params: GenerationParams, delivery: Delivery = JUDGED
     ) -> list[Generated]:
         from vllm import SamplingParams
 
+        top_logprobs, on_delta, cancel = delivery.top_logprobs, delivery.on_delta, delivery.cancel
         if cancel is not None and cancel.is_set():
             return [Generated("", "stop", 0) for _ in prompts]
         sampling = SamplingParams(**sampling_kwargs(params, top_logprobs))
@@ -138,15 +132,9 @@ class HttpDecoder:
         return len(text)
 
     def decode(
-        self,
-        prompts: Sequence[str],
-        params: GenerationParams,
-        *,
-        top_logprobs: int | None = None,
-        on_delta: OnDelta | None = None,
-        cancel: threading.Event | None = None,
+        self, prompts: Sequence[str], params: GenerationParams, delivery: Delivery = JUDGED
     ) -> list[Generated]:
-        if top_logprobs is not None or on_delta is not None:
+        if delivery != JUDGED:
             raise ValueError("an HTTP decoder answers whole completions without logprobs")
         body: dict[str, Any] = {
             "model": self.model,

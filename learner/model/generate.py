@@ -69,6 +69,21 @@ class Generated:
     logprobs: tuple[TokenLogprob, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What a served request adds to a judged one: the log probabilities of each token and
+    of the ``top_logprobs`` likeliest (None: none), its text streamed to ``on_delta`` as it
+    is decoded, and ``cancel``, which ends the decoding (a streaming client went away)."""
+
+    top_logprobs: int | None = None
+    on_delta: OnDelta | None = None
+    cancel: threading.Event | None = None
+
+
+#: A judged answer: text and finish only.
+JUDGED = Delivery()
+
+
 class Decoder(Protocol):
     """Answers a batch of prompts, one :class:`Generated` per prompt, in order."""
 
@@ -77,13 +92,7 @@ class Decoder(Protocol):
         ...
 
     def decode(
-        self,
-        prompts: Sequence[str],
-        params: GenerationParams,
-        *,
-        top_logprobs: int | None = None,
-        on_delta: OnDelta | None = None,
-        cancel: threading.Event | None = None,
+        self, prompts: Sequence[str], params: GenerationParams, delivery: Delivery = JUDGED
     ) -> list[Generated]: ...
 
 
@@ -246,22 +255,16 @@ class TransformersDecoder:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def decode(
-        self,
-        prompts: Sequence[str],
-        params: GenerationParams,
-        *,
-        top_logprobs: int | None = None,
-        on_delta: OnDelta | None = None,
-        cancel: threading.Event | None = None,
+        self, prompts: Sequence[str], params: GenerationParams, delivery: Delivery = JUDGED
     ) -> list[Generated]:
         return generate_choices(
             self.model,
             self.tokenizer,
             prompts,
             params,
-            top_logprobs=top_logprobs,
-            on_delta=on_delta,
-            cancel=cancel,
+            top_logprobs=delivery.top_logprobs,
+            on_delta=delivery.on_delta,
+            cancel=delivery.cancel,
         )
 
     @torch.no_grad()

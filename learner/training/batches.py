@@ -20,8 +20,8 @@ from learner.training.mixing import MixedBatch, compose_batch
 class BatchSource:
     """Bucket catalog + replay store -> focus arms, anchors and mixed batches."""
 
-    def __init__(self, store: ReplayStore, config: LearnerConfig, rng: np.random.Generator):
-        self.store = store
+    def __init__(self, replay: ReplayStore, config: LearnerConfig, rng: np.random.Generator):
+        self.replay = replay
         self.config = config
         self.rng = rng
         self.buckets: dict[str, BucketInfo] = {}
@@ -29,10 +29,10 @@ class BatchSource:
     def poll(self, conn: Connection) -> None:
         """Re-read the bucket catalog and index newly committed examples."""
         self.buckets = bucket_catalog(conn)
-        self.store.refresh_if_due()
+        self.replay.refresh_if_due()
 
     def _trainable(self, kind: str) -> list[str]:
-        sizes = self.store.bucket_sizes()
+        sizes = self.replay.bucket_sizes()
         return sorted(
             name
             for name, n in sizes.items()
@@ -52,7 +52,7 @@ class BatchSource:
 
     def batch(self, focus: str) -> MixedBatch:
         return compose_batch(
-            self.store,
+            self.replay,
             self.rng,
             focus,
             self.anchors(),

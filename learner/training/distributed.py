@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 
 from learner.config import LearnerConfig
-from learner.training.step import Trainer
+from learner.training.step import Pairs, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -198,10 +198,7 @@ class DistributedTrainer(Trainer):
     # --- rank 0's side -----------------------------------------------------------------
 
     def step(
-        self,
-        examples: list[tuple[str, str]],
-        weights: np.ndarray,
-        distill: np.ndarray | None = None,
+        self, examples: Pairs, weights: np.ndarray, distill: np.ndarray | None = None
     ) -> tuple[np.ndarray, int]:
         """One AdamW step on the whole batch, shared by every rank (rank 0 calls it).
 

@@ -51,7 +51,7 @@ def stream_sizes(
 
 
 def compose_batch(
-    store: ReplayStore,
+    replay: ReplayStore,
     rng: np.random.Generator,
     focus: str,
     anchors: list[str],
@@ -68,14 +68,14 @@ def compose_batch(
     size); "priority" draws them by priority from one bucket chosen at random.
     """
     n_focus, n_anchor, n_replay = stream_sizes(batch_size, focus_share, anchor_share, bool(anchors))
-    parts = [store.sample(n_focus, bucket=focus)]
+    parts = [replay.sample(n_focus, bucket=focus)]
     if n_anchor:
         if anchor_sampling == "uniform":
-            anchor = store.sample_uniform(n_anchor, anchors)
+            anchor = replay.sample_uniform(n_anchor, anchors)
         else:
-            anchor = store.sample(n_anchor, bucket=anchors[int(rng.integers(len(anchors)))])
+            anchor = replay.sample(n_anchor, bucket=anchors[int(rng.integers(len(anchors)))])
         anchor.weights[:] = anchor_weight
         parts.append(anchor)
     if n_replay:
-        parts.append(store.sample(n_replay))
+        parts.append(replay.sample(n_replay))
     return MixedBatch.concat(parts, anchor_part=1 if n_anchor else None)

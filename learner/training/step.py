@@ -34,6 +34,8 @@ from learner.training.grouping import length_groups
 # builtin small model, one thread, a call took 3.6 ms + 82 us per token (fit over batches
 # of 2-16 rows x 8-96 tokens on this project's 2-core machine): 44 tokens, rounded up.
 GROUP_OVERHEAD_TOKENS = 48
+#: (prompt, target) pairs, as a batch is trained.
+Pairs = list[tuple[str, str]]
 
 
 def lora_config(config: LearnerConfig, base: torch.nn.Module | None = None) -> LoraConfig:
@@ -141,10 +143,7 @@ class Trainer:
         )
 
     def step(
-        self,
-        examples: list[tuple[str, str]],
-        weights: np.ndarray,
-        distill: np.ndarray | None = None,
+        self, examples: Pairs, weights: np.ndarray, distill: np.ndarray | None = None
     ) -> tuple[np.ndarray, int]:
         """One AdamW step on the importance-weighted mean loss.
 

@@ -82,15 +82,11 @@ class CandidateMaker:
         max_new_tokens: int,
         replica: EvalReplica | None = None,
     ) -> None:
-        self.engine = engine
-        self.trainer = trainer
+        self.engine, self.trainer, self.fenced = engine, trainer, fenced
+        self.data_dir, self.gate, self.max_new_tokens = data_dir, gate, max_new_tokens
         # Where candidates are evaluated: a replica (while the trainer trains on) or, without
         # one, the trained model itself (training waits).
         self.replica = replica
-        self.fenced = fenced
-        self.data_dir = data_dir
-        self.gate = gate
-        self.max_new_tokens = max_new_tokens
         self._pool: ThreadPoolExecutor | None = None  # the replica's judge, made when needed
         self._judging: Future[CandidateOutcome] | None = None
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from learner.evaluation.gate import BucketEvidence, GateConfig, RateEvidence
-from learner.evaluation.metrics import lineage_of
+from learner.evaluation.measures import lineage_of
 from learner.evaluation.probes import ProbeAnswer
 from learner.store.evaluations import StoredAnswer
 from learner.store.probes import ProbeSet

@@ -45,10 +45,8 @@ class Lineage:
         fenced: Fenced,
         reset_after: int,
     ) -> None:
-        self.trainer = trainer
-        self.data_dir = data_dir
-        self.fenced = fenced
-        self.reset_after = reset_after
+        self.trainer, self.data_dir = trainer, data_dir
+        self.fenced, self.reset_after = fenced, reset_after
         self.state = LineageState()
         self._unloadable: set[int] = set()
         # Buckets trained since the newest candidate was saved: while it is judged in the

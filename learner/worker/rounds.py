@@ -35,11 +35,8 @@ class RoundKeeper:
         fenced: Fenced,
         is_refusal: Callable[[str], bool],
     ) -> None:
-        self.engine = engine
-        self.is_refusal = is_refusal
-        self.curriculum = curriculum
-        self.trainer = trainer
-        self.fenced = fenced
+        self.engine, self.curriculum, self.trainer = engine, curriculum, trainer
+        self.fenced, self.is_refusal = fenced, is_refusal
         self._difficulty_fits: int | None = None  # the scorer's fit count last read
         self._focused: set[str] = set()  # arms that were a focus since the last candidate
 

@@ -33,7 +33,7 @@ from learner.model import registry
 if TYPE_CHECKING:
     from peft import PeftModel
 
-    from learner.model.generate import Decoder, Generated, OnDelta
+    from learner.model.generate import Decoder, Delivery, Generated, OnDelta
 
 # torch, transformers and peft are imported when the model loads, not with the app: an
 # API-only server (ingestion, registry) starts in a fraction of the time.
@@ -77,11 +77,8 @@ class InferenceEngine:
         num_threads: int = 1,
         data_dir: Path = Path("."),
     ) -> None:
-        self.engine = engine
-        self._resolve_model_dir = resolve_model_dir
-        self.device_spec = device
-        self.num_threads = num_threads
-        self.poll_seconds = poll_seconds
+        self.engine, self._resolve_model_dir = engine, resolve_model_dir
+        self.device_spec, self.num_threads, self.poll_seconds = device, num_threads, poll_seconds
         self.data_dir = data_dir  # version paths are stored relative to it
         self.active: int | None = None
         self._model: Any = None
@@ -282,7 +279,7 @@ class InferenceEngine:
 
         ``admin``: whether the caller holds an admin key (only admins may query a version
         the gate rejected). ``top_logprobs``, ``on_delta`` and ``cancel`` are passed on to
-        :func:`learner.model.generate.generate_choices`; ``on_start`` is called with the served
+        :class:`learner.model.generate.Delivery`; ``on_start`` is called with the served
         name once the model is chosen, before decoding starts. Raises
         :class:`UnknownModel`, ``VersionUnavailable`` or :class:`ModelNotReady`.
         """
@@ -303,11 +300,18 @@ class InferenceEngine:
                 served = f"lifelong@{version}"
             if on_start is not None:
                 on_start(served)
+            delivery = self._delivery(top_logprobs, on_delta, cancel)
             with self._decoder(version) as decoder:
-                results = decoder.decode(
-                    prompts, params, top_logprobs=top_logprobs, on_delta=on_delta, cancel=cancel
-                )
+                results = decoder.decode(prompts, params, delivery)
             return results, served
+
+    @staticmethod
+    def _delivery(
+        top_logprobs: int | None, on_delta: OnDelta | None, cancel: threading.Event | None
+    ) -> Delivery:
+        from learner.model.generate import Delivery  # torch comes with it: not at app import
+
+        return Delivery(top_logprobs, on_delta, cancel)
 
     @contextmanager
     def _decoder(self, version: int | None) -> Iterator[Decoder]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy import stats
 
-from learner.evaluation.metrics import (
+from learner.evaluation.measures import (
     clopper_pearson_lower,
     compare_paired,
     lineage_of,
