@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from learner.store.ingest import IngestError
+from server.api.middleware import HttpMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unhandled)
 
 
-class BodySizeLimit:
+class BodySizeLimit(HttpMiddleware):
     """ASGI middleware answering 413 when a request body exceeds its route's limit.
 
     ``POST /v1/tasks`` (batches of examples) may send ``bulk_bytes``; every other route
@@ -176,14 +177,12 @@ class BodySizeLimit:
     BULK_ROUTES = frozenset({("POST", "/v1/tasks")})
 
     def __init__(self, app: ASGIApp, max_bytes: int, bulk_bytes: int | None = None) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
         self.bulk_bytes = bulk_bytes if bulk_bytes is not None else max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 413 for a declared or an actual body over the route's limit."""
         bulk = (scope["method"], scope["path"].rstrip("/")) in self.BULK_ROUTES
         limit = self.bulk_bytes if bulk else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")

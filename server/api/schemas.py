@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -41,6 +41,21 @@ def _as_utc(moment: datetime) -> datetime:
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
 # Published with texts that are stored: PostgreSQL text cannot hold NUL.
 NO_NUL: dict[str, Any] = {"pattern": "^[^\\u0000]*$"}
+
+
+_Out = TypeVar("_Out", bound=BaseModel)
+
+
+def from_attributes(out: type[_Out], source: object, **computed: Any) -> _Out:
+    """An ``out`` whose fields are ``computed`` or else ``source``'s attributes of that name.
+
+    The API's views of stored rows (and of the store's summaries) mostly repeat their
+    columns under the same names; this copies those, so that each view spells out only
+    the fields it computes. Every field not in ``computed`` must be an attribute of
+    ``source``: a field that is neither is an AttributeError, not silently its default.
+    """
+    copied = {name: getattr(source, name) for name in out.model_fields if name not in computed}
+    return out(**copied, **computed)
 
 
 class StrictModel(BaseModel):

@@ -17,6 +17,7 @@ import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.errors import error_response
+from server.api.middleware import HttpMiddleware
 from server.auth.keys import Authenticator, FailureLimiter
 
 PROTECTED_PREFIX = "/v1/"
@@ -24,18 +25,19 @@ PROTECTED_PREFIX = "/v1/"
 LOOKUP_CONCURRENCY = 2
 
 
-class AuthMiddleware:
+class AuthMiddleware(HttpMiddleware):
     """401 / 429 for unauthenticated ``/v1/`` requests, before the route runs."""
 
+    # Only the API needs a key; other paths (health, metrics, the dashboard) are open.
+    path_prefix = PROTECTED_PREFIX
+
     def __init__(self, app: ASGIApp, limiter: FailureLimiter) -> None:
-        self.app = app
+        super().__init__(app)
         self.limiter = limiter
         self._lookups = anyio.CapacityLimiter(LOOKUP_CONCURRENCY)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Let the request through with its principal, or answer 401 / 429 instead."""
         authenticator: Authenticator = scope["app"].state.lifelong.authenticator
         address = (scope.get("client") or ("unknown", 0))[0]
         key = _bearer_key(scope)

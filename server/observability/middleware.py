@@ -22,6 +22,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.middleware import HttpMiddleware
 from server.observability.metrics import AppMetrics
 
 UNMATCHED = "unmatched"
@@ -29,18 +30,16 @@ UNMATCHED = "unmatched"
 NO_RESPONSE = 0
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """Counts every HTTP request by route template, method and status, with its duration."""
 
     def __init__(self, app: ASGIApp, metrics: AppMetrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self._routes: list[Any] | None = None  # the app's routes, flattened on first use
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the request, noting its status and duration however it ends."""
         started = time.perf_counter()
         status = NO_RESPONSE
 

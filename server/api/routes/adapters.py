@@ -23,6 +23,7 @@ from server.api.schemas import (
     RegistryEventOut,
     RollbackIn,
     UtcDateTime,
+    from_attributes,
 )
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"], responses=API_ERRORS)
@@ -62,33 +63,13 @@ class ActiveOut(BaseModel):
 
 
 def _out(conn: Connection, row: AdapterVersion, active: int | None) -> AdapterOut:
-    return AdapterOut(
-        version=row.version,
-        parent_version=row.parent_version,
-        base_model=row.base_model,
-        status=row.status,
-        train_step=row.train_step,
-        sha256=row.sha256,
-        path=row.path,
-        created_at=row.created_at,
-        active=row.version == active,
-        provenance=row.provenance,
-        metrics=row.metrics,
-        gate_report=row.gate_report,
-        evaluation=version_report(conn, row.version),
+    return from_attributes(
+        AdapterOut, row, active=row.version == active, evaluation=version_report(conn, row.version)
     )
 
 
 def _event_out(event: RegistryEvent) -> RegistryEventOut:
-    return RegistryEventOut(
-        id=event.id,
-        action=event.action,
-        actor=event.actor,
-        created_at=event.created_at,
-        from_version=event.from_version,
-        to_version=event.to_version,
-        reason=event.reason,
-    )
+    return from_attributes(RegistryEventOut, event)
 
 
 def _conflict(message: str) -> HTTPException:

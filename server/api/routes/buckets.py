@@ -19,6 +19,7 @@ from server.api.schemas import (
     ErrorOut,
     ExampleOut,
     ExamplePage,
+    from_attributes,
 )
 
 router = APIRouter(prefix="/v1/buckets", tags=["buckets"], responses=API_ERRORS)
@@ -31,16 +32,9 @@ def _bucket_out(
     theta = view.ability
     rounds = view.focus_rounds.get(summary.id, 0)
     total = sum(view.focus_rounds.values())
-    return BucketOut(
-        name=summary.name,
-        kind=summary.kind,
-        grader=summary.grader,
-        status=summary.status,
-        created_at=summary.created_at,
-        train_examples=summary.train_examples,
-        probe_examples=summary.probe_examples,
-        probe_accuracy=summary.probe_accuracy,
-        probe_accuracy_step=summary.probe_accuracy_step,
+    return from_attributes(
+        BucketOut,
+        summary,
         difficulty=b,
         difficulty_items=difficulty.items if difficulty is not None else 0,
         learner_ability=theta,
@@ -92,16 +86,6 @@ def get_bucket_examples(
     return ExamplePage(
         bucket=name,
         split=split,
-        examples=[
-            ExampleOut(
-                id=r.id,
-                prompt=r.prompt,
-                target=r.target,
-                split=r.split,
-                external_id=r.external_id,
-                created_at=r.created_at,
-            )
-            for r in rows
-        ],
+        examples=[from_attributes(ExampleOut, r) for r in rows],
         next_after_id=rows[-1].id if len(rows) == limit else None,
     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fastapi import status
 
@@ -91,6 +92,15 @@ def completion_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> CompletionLo
     )
 
 
+def _completion_choice(index: int, result: Generated) -> CompletionChoice:
+    return CompletionChoice(
+        index=index,
+        text=result.text,
+        finish_reason=result.finish,  # type: ignore[arg-type]
+        logprobs=completion_logprobs(result.logprobs),
+    )
+
+
 def chat_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> ChatLogprobs | None:
     if tokens is None:
         return None
@@ -109,43 +119,46 @@ def chat_logprobs(tokens: tuple[TokenLogprob, ...] | None) -> ChatLogprobs | Non
     return ChatLogprobs(content=content)
 
 
+def _chat_choice(index: int, result: Generated) -> ChatChoice:
+    return ChatChoice(
+        index=index,
+        message=AssistantMessage(role="assistant", content=result.text),
+        finish_reason=result.finish,  # type: ignore[arg-type]
+        logprobs=chat_logprobs(result.logprobs),
+    )
+
+
+def _answer_fields(
+    chat: bool,
+    served: str,
+    results: list[Generated],
+    prompt_tokens: list[int],
+    choice: Callable[[int, Generated], CompletionChoice | ChatChoice],
+) -> dict[str, Any]:
+    """A whole completion's or chat completion's fields but its object name: a fresh id, the
+    time, the model that answered, each result's ``choice`` in order, and the usage."""
+    return {
+        "id": completion_id(chat=chat),
+        "created": now(),
+        "model": served,
+        "choices": [choice(i, r) for i, r in enumerate(results)],
+        "usage": usage(prompt_tokens, results),
+    }
+
+
 def completion_out(
     served: str, results: list[Generated], prompt_tokens: list[int]
 ) -> CompletionOut:
-    choices = [
-        CompletionChoice(
-            index=i,
-            text=r.text,
-            finish_reason=r.finish,  # type: ignore[arg-type]
-            logprobs=completion_logprobs(r.logprobs),
-        )
-        for i, r in enumerate(results)
-    ]
+    """The answer of ``POST /v1/completions``."""
     return CompletionOut(
-        id=completion_id(chat=False),
         object="text_completion",
-        created=now(),
-        model=served,
-        choices=choices,
-        usage=usage(prompt_tokens, results),
+        **_answer_fields(False, served, results, prompt_tokens, _completion_choice),
     )
 
 
 def chat_out(served: str, results: list[Generated], prompt_tokens: list[int]) -> ChatCompletionOut:
-    choices = [
-        ChatChoice(
-            index=i,
-            message=AssistantMessage(role="assistant", content=r.text),
-            finish_reason=r.finish,  # type: ignore[arg-type]
-            logprobs=chat_logprobs(r.logprobs),
-        )
-        for i, r in enumerate(results)
-    ]
+    """The answer of ``POST /v1/chat/completions``."""
     return ChatCompletionOut(
-        id=completion_id(chat=True),
         object="chat.completion",
-        created=now(),
-        model=served,
-        choices=choices,
-        usage=usage(prompt_tokens, results),
+        **_answer_fields(True, served, results, prompt_tokens, _chat_choice),
     )
