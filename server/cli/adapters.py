@@ -7,21 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
-from server.cli.options import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_URL,
-    Json,
-    KeyDir,
-    Timeout,
-    Url,
-    connect,
-    reports_errors,
-)
+from server.cli.options import Server, client_command
 from server.cli.render import (
     MISSING,
     num,
     pct,
-    print_json,
     say,
     show,
     table,
@@ -40,23 +30,15 @@ Reason = Annotated[
 
 
 @app.command("list")
-@reports_errors
-def list_versions(
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
-) -> None:
+@client_command
+def list_versions(server: Server) -> None:
     """List every version with its parent, status, training step and gate verdict; the
     served one is marked with *."""
-    with connect(url, data_dir, timeout) as client:
-        rows = client.get("/v1/adapters")
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        say("no adapter versions yet: the base model is served")
-        return
+    empty = "no adapter versions yet: the base model is served"
+    server.output(server.get("/v1/adapters"), _versions_table, empty)
+
+
+def _versions_table(rows: list[dict[str, Any]]) -> None:
     columns = ["Version", "Parent", "Status", "Step>", "Created (UTC)", "Avg acc>", "Gate"]
     show(table(None, columns, [_version_row(r) for r in rows]))
 
@@ -85,21 +67,17 @@ def _gate_summary(report: dict[str, Any] | None) -> str:
 
 
 @app.command("show")
-@reports_errors
+@client_command
 def show_version(
     version: Annotated[int, typer.Argument(min=1, help="The version number (3 for v3).")],
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
+    server: Server,
 ) -> None:
     """Show one version: provenance, its gate report check by check, and its accuracy on
     each bucket."""
-    with connect(url, data_dir, timeout) as client:
-        row = client.get(f"/v1/adapters/{version}")
-    if as_json:
-        print_json(row)
-        return
+    server.output(server.get(f"/v1/adapters/{version}"), _show_details)
+
+
+def _show_details(row: dict[str, Any]) -> None:
     show(table(f"Adapter v{row['version']}", ["", ""], _detail_rows(row), header=False))
     report = row.get("gate_report") or {}
     checks = report.get("checks") or []
@@ -148,29 +126,23 @@ def _check_row(check: dict[str, Any]) -> list[Any]:
 
 
 @app.command("promote")
-@reports_errors
+@client_command
 def promote(
     version: Annotated[int, typer.Argument(min=1, help="The version to serve.")],
     force: Annotated[
         bool, typer.Option("--force", help="Promote even a version the gate rejected (logged).")
     ] = False,
     reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
+    *,
+    server: Server,
 ) -> None:
     """Make VERSION the served version (needs an admin key)."""
-    body: dict[str, Any] = {"force": force}
-    if reason is not None:
-        body["reason"] = reason
-    with connect(url, data_dir, timeout) as client:
-        event = client.post(f"/v1/adapters/{version}/promote", body)
-    _show_event(event, as_json)
+    body = _with_reason({"force": force}, reason)
+    server.output(server.post(f"/v1/adapters/{version}/promote", body), _say_event)
 
 
 @app.command("rollback")
-@reports_errors
+@client_command
 def rollback(
     to: Annotated[
         int | None,
@@ -182,27 +154,21 @@ def rollback(
         ),
     ] = None,
     reason: Reason = None,
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
+    *,
+    server: Server,
 ) -> None:
     """Serve an earlier version again (needs an admin key). Repeated rollbacks walk further
     back through the history."""
-    body: dict[str, Any] = {}
-    if to is not None:
-        body["to"] = to
-    if reason is not None:
-        body["reason"] = reason
-    with connect(url, data_dir, timeout) as client:
-        event = client.post("/v1/adapters/rollback", body)
-    _show_event(event, as_json)
+    body = _with_reason({} if to is None else {"to": to}, reason)
+    server.output(server.post("/v1/adapters/rollback", body), _say_event)
 
 
-def _show_event(event: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(event)
-        return
+def _with_reason(body: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    # Left out when not given: the server then records who did it.
+    return body if reason is None else {**body, "reason": reason}
+
+
+def _say_event(event: dict[str, Any]) -> None:
     say(
         f"{event['action']}: {version_name(event['from_version'])} -> "
         f"{version_name(event['to_version'])} by {event['actor']}: {event['reason']}"
@@ -210,23 +176,15 @@ def _show_event(event: dict[str, Any], as_json: bool) -> None:
 
 
 @app.command("history")
-@reports_errors
-def history(
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
-) -> None:
+@client_command
+def history(server: Server) -> None:
     """List every change of the served version (promotions, forced promotions, rollbacks,
     learner resets), oldest first, with who made it and why."""
-    with connect(url, data_dir, timeout) as client:
-        events = client.get("/v1/adapters/history")
-    if as_json:
-        print_json(events)
-        return
-    if not events:
-        say("no registry events yet: the base model has always been served")
-        return
+    empty = "no registry events yet: the base model has always been served"
+    server.output(server.get("/v1/adapters/history"), _history_table, empty)
+
+
+def _history_table(events: list[dict[str, Any]]) -> None:
     rows = [
         [
             e["id"],

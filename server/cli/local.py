@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal
 
@@ -15,35 +14,11 @@ import typer
 import uvicorn
 from sqlalchemy import Engine
 
-from server.cli.options import DatabaseUrl, DataDir
-from server.observability.logs import LOG_JSON_ENV, LOG_LEVEL_ENV, configure_logging
+from server.cli.groups import with_groups
+from server.cli.options import Database, Logging
 from server.process.settings import Settings
 
-Level = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 Scope = Literal["read", "submit", "admin"]  # learner.store.models.KEY_SCOPES
-LogJson = Annotated[
-    bool,
-    typer.Option(
-        "--log-json",
-        envvar=LOG_JSON_ENV,
-        help=f"Log JSON lines (time, level, logger, message, extra fields) instead of text "
-        f"({LOG_JSON_ENV}).",
-    ),
-]
-LogLevel = Annotated[
-    Level,
-    typer.Option(
-        "--log-level",
-        envvar=LOG_LEVEL_ENV,
-        case_sensitive=False,
-        help=f"Lowest level logged ({LOG_LEVEL_ENV}).",
-    ),
-]
-
-
-def settings_from(**flags: Any) -> Settings:
-    """Environment settings with the command-line flags that were given laid over them."""
-    return Settings(**{name: value for name, value in flags.items() if value is not None})
 
 
 def ensure_suite(settings: Settings, engine: Engine) -> None:
@@ -76,9 +51,9 @@ class SignalAwareServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+@with_groups
 def serve(
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
+    database: Database,
     host: Annotated[
         str | None, typer.Option("--host", help="Address to listen on (LIFELONG_HOST).")
     ] = None,
@@ -93,15 +68,15 @@ def serve(
     demo_interval: Annotated[
         float, typer.Option("--demo-interval", help="Seconds between demo batches.")
     ] = 10.0,
-    log_json: LogJson = False,
-    log_level: LogLevel = "INFO",
+    *,
+    logs: Logging,
 ) -> None:
     """Run the HTTP API, with a learner process that it restarts if it dies."""
     from server.api.app import create_app, prepare_database
     from server.process.supervisor import DemoFeeder, LearnerSupervisor, child_env, learner_argv
 
-    configure_logging(log_json, log_level, component="server")
-    settings = settings_from(data_dir=data_dir, host=host, port=port, database_url=database_url)
+    logs.configure("server")
+    settings = database.settings(host=host, port=port)
     if "LIFELONG_PRELOAD_MODEL" not in os.environ:
         # A serving process loads (and, the first time, waits for) the model at once.
         settings = settings.model_copy(update={"preload_model": True})
@@ -110,7 +85,7 @@ def serve(
     url = settings.resolved_database_url()
     supervisor = None
     if not no_learner:
-        env = child_env(url, log_json=log_json, log_level=log_level)
+        env = child_env(url, log_json=logs.log_json, log_level=logs.log_level)
         supervisor = LearnerSupervisor(learner_argv(str(settings.data_dir)), env)
         supervisor.start()
     feeder = DemoFeeder(engine, interval=demo_interval) if demo else None
@@ -147,14 +122,14 @@ def serve(
 # --- learner -----------------------------------------------------------------------------
 
 
+@with_groups
 def learner(
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
+    database: Database,
     max_steps: Annotated[
         int | None, typer.Option("--max-steps", help="Stop after this many train steps.")
     ] = None,
-    log_json: LogJson = False,
-    log_level: LogLevel = "INFO",
+    *,
+    logs: Logging,
 ) -> None:
     """Run a learner worker alone (``serve`` starts one itself unless --no-learner).
 
@@ -170,7 +145,7 @@ def learner(
     from learner.training import distributed
     from learner.worker import Learner
 
-    settings = settings_from(data_dir=data_dir, database_url=database_url)
+    settings = database.settings()
     config = settings.learner
     if config.device == "auto" and settings.device != "auto":
         config = replace(config, device=settings.device)
@@ -180,7 +155,7 @@ def learner(
     if distributed.launched_by_torchrun():
         context = distributed.init_from_env(pick_device(config.device))
     rank = "" if context is None else f"-rank{context.rank}"
-    configure_logging(log_json, log_level, component=f"learner{rank}")
+    logs.configure(f"learner{rank}")
     if context is not None and not context.is_leader:
         # A follower touches no database: the same model, then rank 0's commands until it
         # says stop (signals wait for that: rank 0 still needs the followers to finish).
@@ -238,17 +213,8 @@ keys_app = typer.Typer(
 )
 
 
-def open_database(data_dir: Path | None, database_url: str | None) -> Engine:
-    """The configured database, migrated to the newest schema."""
-    from learner.store.db import make_engine, upgrade
-
-    settings = settings_from(data_dir=data_dir, database_url=database_url)
-    engine = make_engine(settings.resolved_database_url())
-    upgrade(engine)
-    return engine
-
-
 @keys_app.command("create")
+@with_groups
 def keys_create(
     scope: Annotated[
         Scope,
@@ -260,28 +226,28 @@ def keys_create(
     name: Annotated[
         str, typer.Option("--name", help="Shown in logs and the registry history.")
     ] = "cli",
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
+    *,
+    database: Database,
 ) -> None:
     """Create a key and print it (it is shown this once)."""
     from learner.store.db import write_transaction
     from learner.store.keys import create_key
 
-    with write_transaction(open_database(data_dir, database_url)) as conn:
+    with write_transaction(database.open()) as conn:
         key = create_key(conn, scope, name)
     print(key)
 
 
 @keys_app.command("list")
+@with_groups
 def keys_list(
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
+    database: Database,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """List keys: id, scope, name, created, state (never the keys themselves)."""
     from learner.store.keys import list_keys
 
-    with open_database(data_dir, database_url).connect() as conn:
+    with database.open().connect() as conn:
         rows = list_keys(conn)
     if as_json:
         from server.cli.render import print_json
@@ -305,16 +271,16 @@ def _key_json(key: Any) -> dict[str, Any]:
 
 
 @keys_app.command("revoke")
+@with_groups
 def keys_revoke(
     key_id: Annotated[int, typer.Argument(metavar="ID", help="The key's id (see `keys list`).")],
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
+    database: Database,
 ) -> None:
     """Revoke a key by id (running servers stop accepting it within a few seconds)."""
     from learner.store.db import write_transaction
     from learner.store.keys import revoke_key
 
-    with write_transaction(open_database(data_dir, database_url)) as conn:
+    with write_transaction(database.open()) as conn:
         revoked = revoke_key(conn, key_id)
     if not revoked:
         print(f"no active key with id {key_id}", file=sys.stderr)
@@ -322,14 +288,14 @@ def keys_revoke(
     print(f"revoked key {key_id}")
 
 
+@with_groups
 def db(
     action: Annotated[
         Literal["upgrade"],
         typer.Argument(help="upgrade: migrate to the newest schema.", show_default=False),
     ],
-    data_dir: DataDir = None,
-    database_url: DatabaseUrl = None,
+    database: Database,
 ) -> None:
     """Database maintenance."""
-    open_database(data_dir, database_url)
+    database.open()
     print("database is at the newest schema revision")

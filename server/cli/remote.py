@@ -9,40 +9,28 @@ import httpx
 import typer
 
 from server.cli.client import ApiClient, Target
-from server.cli.options import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_URL,
-    Json,
-    KeyDir,
-    Timeout,
-    Url,
-    connect,
-    reports_errors,
-)
-from server.cli.render import MISSING, num, pct, print_json, say, show, table, text, when
+from server.cli.options import Server, client_command
+from server.cli.render import MISSING, num, pct, say, show, table, text, when
+
+# A status check is what a script or probe polls: it should give up sooner than the rest.
+QUICK = Server(timeout=10.0)
 
 # --- buckets -----------------------------------------------------------------------------
 
 
-@reports_errors
-def buckets(
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
-) -> None:
+@client_command
+def buckets(server: Server) -> None:
     """List the buckets: train and probe examples, latest probe accuracy (Acc), IRT
     difficulty (Diff), and how the teacher treats each: its share of focus rounds, its
     score, and whether it is the current focus, quarantined or stalled."""
-    with connect(url, data_dir, timeout) as client:
+    with server.connect() as client:
         rows = client.get("/v1/buckets")
         teacher = client.get("/v1/teacher", decisions=0)
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        say("no buckets yet; submit examples with `lifelong submit FILE`")
-        return
+    empty = "no buckets yet; submit examples with `lifelong submit FILE`"
+    server.output(rows, lambda found: _buckets_table(found, teacher), empty)
+
+
+def _buckets_table(rows: list[dict[str, Any]], teacher: dict[str, Any]) -> None:
     # Kind, grader and the probe step are in --json: these columns fit 80 characters.
     columns = ["Bucket", "Train>", "Probe>", "Acc>", "Diff>", "Share>", "Score>", "State"]
     show(table(None, columns, [_bucket_row(b, teacher) for b in rows]))
@@ -75,23 +63,20 @@ def _teacher_state(name: str, teacher: dict[str, Any]) -> str:
 # --- teacher -----------------------------------------------------------------------------
 
 
-@reports_errors
+@client_command
 def teacher(
     decisions: Annotated[
         int, typer.Option("--decisions", "-n", min=0, max=1000, help="Decisions to list.")
     ] = 10,
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
+    *,
+    server: Server,
 ) -> None:
     """Show the teacher: its policy, every arm's score and state (quarantined, stalled,
     resting), and its recent decisions with their reasons and outcomes."""
-    with connect(url, data_dir, timeout) as client:
-        body = client.get("/v1/teacher", decisions=decisions)
-    if as_json:
-        print_json(body)
-        return
+    server.output(server.get("/v1/teacher", decisions=decisions), _show_teacher)
+
+
+def _show_teacher(body: dict[str, Any]) -> None:
     say(_teacher_headline(body))
     if body.get("resting"):
         say(f"resting: {body['resting']}", style="yellow")
@@ -145,21 +130,15 @@ def _decision_row(decision: dict[str, Any]) -> list[Any]:
 # --- eval --------------------------------------------------------------------------------
 
 
-@reports_errors
-def evaluations(
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 30.0,
-    as_json: Json = False,
-) -> None:
+@client_command
+def evaluations(server: Server) -> None:
     """Show the accuracy matrix: probe accuracy of every evaluated version (rows) on every
     bucket (columns), with each version's average accuracy, backward transfer (BWT),
     forgetting and negative flip rate (NFR) against the active version."""
-    with connect(url, data_dir, timeout) as client:
-        body = client.get("/v1/evaluations")
-    if as_json:
-        print_json(body)
-        return
+    server.output(server.get("/v1/evaluations"), _show_matrix)
+
+
+def _show_matrix(body: dict[str, Any]) -> None:
     versions = body.get("versions") or []
     if not versions:
         say("nothing evaluated yet: the learner evaluates each candidate it saves")
@@ -194,26 +173,17 @@ def _matrix_row(row: dict[str, Any], buckets: list[str]) -> list[Any]:
 # --- status ------------------------------------------------------------------------------
 
 
-@reports_errors
-def status(
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 10.0,
-    as_json: Json = False,
-) -> None:
+@client_command
+def status(server: Server = QUICK) -> None:
     """Show whether the server is up and ready, the active version, and the learner's state
     (lease holder, liveness, step, throughput, last verdict). Exits with 1 when the server
     is not ready."""
-    target = Target(url, data_dir, timeout)
-    report: dict[str, Any] = {"url": url, **_probe_health(target)}
+    report: dict[str, Any] = {"url": server.url, **_probe_health(server.target)}
     if report["ready"]:
-        with ApiClient(target) as client:
+        with server.connect() as client:
             report["active"] = client.get("/v1/adapters/active")
             report["learner"] = client.get("/v1/learner")
-    if as_json:
-        print_json(report)
-    else:
-        _show_status(report)
+    server.output(report, _show_status)
     if not report["ready"]:
         raise typer.Exit(1)
 

@@ -32,16 +32,7 @@ from server.cli.examples_file import (
     detect_format,
     read_file,
 )
-from server.cli.options import (
-    DEFAULT_DATA_DIR,
-    DEFAULT_URL,
-    Json,
-    KeyDir,
-    Timeout,
-    Url,
-    connect,
-    reports_errors,
-)
+from server.cli.options import Server, client_command
 from server.cli.render import console, print_json, say, show, table, text
 
 # "examples[3].prompt has 30 characters, ..." / "examples[3]: prompt and target ..."
@@ -252,8 +243,11 @@ def _body(group: Group, chunk: list[Example]) -> dict[str, Any]:
 
 # --- the command -------------------------------------------------------------------------
 
+# A batch of up to --batch-size examples is stored in one answer: give it longer than a read.
+PATIENT = Server(timeout=60.0)
 
-@reports_errors
+
+@client_command
 def submit(
     file: Annotated[
         Path,
@@ -288,10 +282,7 @@ def submit(
             help="Examples per request (lowered to the server's limit when it is smaller).",
         ),
     ] = 500,
-    url: Url = DEFAULT_URL,
-    data_dir: KeyDir = DEFAULT_DATA_DIR,
-    timeout: Timeout = 60.0,
-    as_json: Json = False,
+    server: Server = PATIENT,
 ) -> None:
     """Submit a file of examples, grouped by bucket, in batches.
 
@@ -306,9 +297,10 @@ def submit(
         raise CliError(str(exc)) from None
     if not checked.examples and not checked.rejected:
         raise CliError(f"{file} holds no examples")
+    as_json = server.as_json
     if checked.rejected and not skip_bad:
         _refuse_file(file, checked, as_json)  # before connecting: no server needed to see it
-    with connect(url, data_dir, timeout) as client:
+    with server.connect() as client:
         check_existing_buckets(client, checked)
         if (checked.rejected and not skip_bad) or not checked.examples:
             _refuse_file(file, checked, as_json)
