@@ -122,12 +122,15 @@ def serve(
 # --- learner -----------------------------------------------------------------------------
 
 
+MaxSteps = Annotated[
+    int | None, typer.Option("--max-steps", help="Stop after this many train steps.")
+]
+
+
 @with_groups
 def learner(
     database: Database,
-    max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Stop after this many train steps.")
-    ] = None,
+    max_steps: MaxSteps = None,
     *,
     logs: Logging,
 ) -> None:
