@@ -20,6 +20,9 @@ from learner.model.generate import TransformersDecoder, judged_answers
 from learner.model.loading import encode_examples, per_example_loss
 from learner.store.probes import ProbeSet
 
+#: Probes per teacher-forced forward pass in :func:`probe_loss`.
+LOSS_BATCH = 64
+
 
 @contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
@@ -78,7 +81,6 @@ def probe_loss(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[tuple[str, str]],
     max_length: int,
-    batch_size: int = 64,
 ) -> float | None:
     """Mean per-token cross-entropy of the probes' targets (teacher forcing; None: none).
 
@@ -92,7 +94,7 @@ def probe_loss(
     device = next(model.parameters()).device
     losses: list[float] = []
     with eval_mode(model):
-        for start in range(0, len(examples), batch_size):
-            batch = encode_examples(tokenizer, examples[start : start + batch_size], max_length)
+        for start in range(0, len(examples), LOSS_BATCH):
+            batch = encode_examples(tokenizer, examples[start : start + LOSS_BATCH], max_length)
             losses += per_example_loss(model, batch.to(device)).tolist()  # (B,)
     return sum(losses) / len(losses)

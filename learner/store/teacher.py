@@ -5,7 +5,7 @@ Callers own the transactions. ``GET /v1/teacher`` and ``GET /v1/buckets`` read t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -30,19 +30,8 @@ class DecisionRecord:
 
 
 def record_decision(conn: Connection, record: DecisionRecord) -> None:
-    conn.execute(
-        insert(TeacherDecision).values(
-            step=record.step,
-            bucket_id=record.bucket_id,
-            policy=record.policy,
-            scores=record.scores,
-            reason=record.reason,
-            steps=record.steps,
-            accuracy=record.accuracy,
-            loss=record.loss,
-            reward=record.reward,
-        )
-    )
+    # The record's fields are the table's columns, one for one.
+    conn.execute(insert(TeacherDecision).values(**asdict(record)))
 
 
 def save_snapshot(
