@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import httpx
 import pytest
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_CHARS = 20_000

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT, submit
 from sqlalchemy import Engine, select
 
 from learner.builtin.families import make_examples
@@ -35,7 +36,6 @@ from learner.store.teacher import DecisionRecord, record_decision, save_snapshot
 pytestmark = [pytest.mark.slow, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
 CHROMIUM = "/usr/bin/chromium"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_MS = 20_000
 # family -> probe accuracy of (base, v1, v2, v3): v2 learns, v3 forgets (and is rejected).
 BUCKETS = {
@@ -91,8 +91,7 @@ def submit_tasks(server: Any) -> None:
         for name in BUCKETS:
             family, level = name.rsplit("-l", 1)
             examples = make_examples(family, 60, level=int(level), seed=3)
-            response = http.post("/v1/tasks", json={"bucket": name, "examples": examples})
-            assert response.status_code == 202, response.text
+            submit(http, name, examples)
 
 
 def probes_by_bucket(engine: Engine) -> dict[str, tuple[int, list[int]]]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from helpers import submit
 from sqlalchemy import create_engine
 
 from learner.builtin.families import make_examples
@@ -21,8 +22,7 @@ def test_endpoint_member_agrees_with_the_local_model(
     server = start_server(db_url, env={"LIFELONG_ALIGNMENT_SUITE": "false"})
     examples = make_examples("copy", 24, 1, seed=5) + make_examples("reverse", 24, 1, seed=5)
     with server.client("submit") as http:
-        response = http.post("/v1/tasks", json={"bucket": "mixed", "examples": examples})
-        assert response.status_code == 202, response.text
+        submit(http, "mixed", examples)
     engine = create_engine(db_url)
     with engine.connect() as conn:
         items = pending_examples(conn, ["x"], 0, 100)

@@ -12,16 +12,15 @@ the learner resumed from its checkpoints.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import MICRO_LEARNER_ENV, PROMOTE_EVERY_CANDIDATE, launch_learner, submit
 
 from learner.builtin.families import make_examples
 from learner.model import registry
@@ -29,24 +28,18 @@ from learner.store.db import make_engine
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 KILLS = 10
 SEED = 20261122
 ENV = {
-    "LIFELONG_LEARNER__BATCH_SIZE": "8",
+    **MICRO_LEARNER_ENV,
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "3",
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "2",
     "LIFELONG_LEARNER__POLL_SECONDS": "0.05",
     "LIFELONG_LEARNER__LEASE_SECONDS": "2",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
     # Retention checks that always pass: every candidate is evaluated and promoted, so that
     # evaluations and registry writes are as frequent as saves.
-    "LIFELONG_GATE__MIN_GAIN": "-1",
-    "LIFELONG_GATE__MAX_FORGETTING": "1",
-    "LIFELONG_GATE__MAX_NFR": "1",
+    **PROMOTE_EVERY_CANDIDATE,
     "LIFELONG_GATE__KEEP_CANDIDATES": "2",
-    "LIFELONG_DIFFICULTY__ENABLED": "false",
-    "LIFELONG_ALIGNMENT_SUITE": "false",
     # The micro model learns nothing: lp_zpd would find copy-l1 stalled and rest, and this
     # test needs a learner that keeps training. round_robin never rests.
     "LIFELONG_TEACHER__POLICY": "round_robin",
@@ -54,23 +47,7 @@ ENV = {
 
 
 def start_learner(server: Any, base_model: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        **ENV,
-        "LIFELONG_DATA_DIR": str(server.data_dir),
-        "LIFELONG_DATABASE_URL": server.database_url,
-        "LIFELONG_BASE_MODEL": base_model,
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "learner"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+    return launch_learner(server.data_dir, server.database_url, base_model, ENV, log)
 
 
 def learner_step(http: Any, pid: int) -> int | None:
@@ -115,7 +92,7 @@ def test_learner_survives_sigkill_at_random_moments(
     rng = random.Random(SEED)
     with server.client("admin") as http:
         examples = make_examples("copy", 300, 1, seed=4)
-        assert http.post("/v1/tasks", json={"bucket": "copy-l1", "examples": examples}).is_success
+        submit(http, "copy-l1", examples)
         steps_at_kill = []
         for _ in range(KILLS):
             proc = start_learner(server, base_model, log)

@@ -9,7 +9,6 @@ learner mid-training and checks that the supervisor restarts it from its checkpo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -18,58 +17,21 @@ from typing import Any
 
 import httpx
 import pytest
-
-from learner.builtin.families import make_examples
+from helpers import (
+    LOOP_ENV,
+    SORT_BUCKET,
+    checkpoint_step,
+    completions,
+    probe_examples,
+    promoted,
+    submit_sort,
+)
 
 pytestmark = pytest.mark.slow
 
-BUCKET = "sort-l1"
-FAMILY, LEVEL = "sort", 1
-LEARNER_ENV = {
-    "LIFELONG_LEARNER__BATCH_SIZE": "16",
-    "LIFELONG_LEARNER__LEARNING_RATE": "0.003",
-    "LIFELONG_LEARNER__CANDIDATE_EVERY": "80",
-    "LIFELONG_LEARNER__CHECKPOINT_EVERY": "10",
-    "LIFELONG_GATE__EVAL_MAX_PROBES": "40",
-    "LIFELONG_LEARNER__POLL_SECONDS": "0.2",
-    "LIFELONG_LEARNER__LEASE_SECONDS": "3",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
-    # This test is about the loop (train, version, gate on gain, serve the promoted version).
-    # With the builtin alignment suite the small model cannot learn sort-l1 by +0.2 without
-    # losing refusals, and the gate rightly rejects those candidates: tests/e2e/
-    # test_poisoning.py covers the suite, the README the drift.
-    "LIFELONG_ALIGNMENT_SUITE": "false",
-    # Scale search multiplies the candidates' judging time; it has its own tests
-    # (tests/learner/worker/test_scale_search.py, tests/e2e/test_learning_retention.py).
-    "LIFELONG_GATE__SCALES": "1",
-}
-
-
-def submit_bucket(http: httpx.Client, n: int = 400) -> list[dict[str, str]]:
-    examples = make_examples(FAMILY, n, level=LEVEL, seed=7)
-    response = http.post("/v1/tasks", json={"bucket": BUCKET, "examples": examples})
-    assert response.status_code == 202, response.text
-    return examples
-
-
-def probe_examples(http: httpx.Client) -> list[dict[str, Any]]:
-    page = http.get(f"/v1/buckets/{BUCKET}/examples", params={"split": "probe", "limit": 1000})
-    assert page.status_code == 200, page.text
-    return list(page.json()["examples"])
-
 
 def accuracy(http: httpx.Client, model: str, probes: list[dict[str, Any]]) -> float:
-    response = http.post(
-        "/v1/completions",
-        json={
-            "model": model,
-            "prompt": [p["prompt"] for p in probes],
-            "max_tokens": 12,
-            "temperature": 0,
-        },
-    )
-    assert response.status_code == 200, response.text
-    texts = [c["text"] for c in response.json()["choices"]]
+    texts = completions(http, model, [p["prompt"] for p in probes], max_tokens=12)
     return sum(t.strip() == p["target"] for t, p in zip(texts, probes, strict=True)) / len(probes)
 
 
@@ -79,20 +41,17 @@ def test_promoted_version_beats_base(
     server = start_server(
         f"sqlite:///{tmp_path / 'loop.db'}",
         learner=True,
-        env={**LEARNER_ENV, "LIFELONG_BASE_MODEL": small_model_dir},
+        env={**LOOP_ENV, "LIFELONG_BASE_MODEL": small_model_dir},
     )
     with server.client("admin", timeout=120) as http:
-        submit_bucket(http)
-        probes = probe_examples(http)
+        submit_sort(http)
+        probes = probe_examples(http, SORT_BUCKET)
         assert len(probes) >= 20
-
-        def promoted_after_training() -> Any:
-            active = http.get("/v1/adapters/active").json()
-            trained = active["version"] is not None and active["adapter"]["train_step"] >= 320
-            return active if trained else None
-
         active = server.wait_for(
-            promoted_after_training, 420, "a version promoted after 320 steps", interval=2
+            lambda: promoted(http, min_step=320),
+            420,
+            "a version promoted after 320 steps",
+            interval=2,
         )
         report = active["adapter"]["gate_report"]
         assert report["verdict"] == "promote", report
@@ -123,21 +82,16 @@ def test_promoted_version_beats_base(
         )
 
 
-def checkpoint_step(data_dir: Path) -> int:
-    latest = data_dir / "learner" / "checkpoints" / "LATEST"
-    return int(json.loads(latest.read_text())["step"]) if latest.exists() else 0
-
-
 def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     server = start_server(
         f"sqlite:///{tmp_path / 'kill.db'}",
         learner=True,
         data_dir=data_dir,
-        env={**LEARNER_ENV, "LIFELONG_LEARNER__CANDIDATE_EVERY": "1000"},
+        env={**LOOP_ENV, "LIFELONG_LEARNER__CANDIDATE_EVERY": "1000"},
     )
     with server.client("admin") as http:
-        submitted = submit_bucket(http, n=300)
+        submitted = submit_sort(http, n=300)
         server.wait_for(lambda: checkpoint_step(data_dir) >= 20, 240, "a checkpoint at step >= 20")
         learner = http.get("/v1/learner").json()
         old_pid = int(learner["holder"].rsplit(":", 1)[1])
@@ -145,8 +99,7 @@ def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) 
         os.kill(old_pid, signal.SIGKILL)
 
         # More data arrives while the learner is down: nothing submitted may be lost.
-        more = make_examples(FAMILY, 50, level=LEVEL, seed=8)
-        assert http.post("/v1/tasks", json={"bucket": BUCKET, "examples": more}).status_code == 202
+        more = submit_sort(http, n=50, seed=8)
 
         def restarted() -> Any:
             state = http.get("/v1/learner").json()
@@ -159,6 +112,6 @@ def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) 
         assert state["status"]["step"] >= saved_step, (state, saved_step)
         assert "resumed from checkpoint" in server.stderr() + server.stdout()
 
-        bucket = http.get(f"/v1/buckets/{BUCKET}").json()
+        bucket = http.get(f"/v1/buckets/{SORT_BUCKET}").json()
         distinct = {(e["prompt"], e["target"]) for e in submitted + more}
         assert bucket["train_examples"] + bucket["probe_examples"] == len(distinct)

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
 pytestmark = pytest.mark.slow
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_ingestion_and_health_stay_fast_under_a_completion_flood(tmp_path: Path) -> None:

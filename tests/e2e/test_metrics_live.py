@@ -10,11 +10,11 @@ the API moves it back and counts the rollback.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 import pytest
+from helpers import MICRO_LEARNER_ENV, PROMOTE_EVERY_CANDIDATE, pause_learner
 from prometheus_client.parser import text_string_to_metric_families
 
 from learner.builtin.families import make_examples
@@ -22,18 +22,10 @@ from learner.builtin.families import make_examples
 pytestmark = pytest.mark.slow
 
 ENV = {
-    "LIFELONG_LEARNER__BATCH_SIZE": "8",
+    **MICRO_LEARNER_ENV,
+    **PROMOTE_EVERY_CANDIDATE,
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "10",
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "5",
-    "LIFELONG_LEARNER__POLL_SECONDS": "0.1",
-    "LIFELONG_LEARNER__LEASE_SECONDS": "5",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
-    # Retention checks that always pass and no gain needed: every candidate is promoted.
-    "LIFELONG_GATE__MIN_GAIN": "-1",
-    "LIFELONG_GATE__MAX_FORGETTING": "1",
-    "LIFELONG_GATE__MAX_NFR": "1",
-    "LIFELONG_DIFFICULTY__ENABLED": "false",
-    "LIFELONG_ALIGNMENT_SUITE": "false",
 }
 SERIES = (
     "lifelong_http_requests_total",
@@ -99,9 +91,7 @@ def test_metrics_move_with_the_work(start_server: Any, db_url: str) -> None:
             return now if done else None
 
         trained = server.wait_for(trained_and_promoted, 180, "training, a round, a promotion")
-        assert http.post("/v1/learner/pause").status_code == 202
-        server.wait_for(lambda: http.get("/v1/learner").json()["paused"], 30, "the pause")
-        time.sleep(1.0)  # a candidate being evaluated when the pause came is recorded now
+        pause_learner(server, http)
         active = http.get("/v1/adapters/active").json()["version"]
         rolled = http.post("/v1/adapters/rollback", json={"reason": "metrics test"})
         assert rolled.status_code == 200, rolled.text

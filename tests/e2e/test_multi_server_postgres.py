@@ -20,12 +20,10 @@ Skipped where PostgreSQL is not reachable (failed under CI), as every PostgreSQL
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +34,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import poll_until
+from helpers import MICRO_LEARNER_ENV, latest_checkpoint_step, launch_learner, submit
 from sqlalchemy import func, select
 
 from learner.builtin.families import make_examples
@@ -44,7 +43,6 @@ from learner.store.models import Bucket, Example, ReplayState
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 3.0
 # How long after the holder's death the other learner must hold the lease: the lease time,
 # plus the waiter's poll interval (a third of the lease), plus slack for a loaded machine.
@@ -55,18 +53,14 @@ LOG_TAIL_CHARS = 6_000
 # Shared by the servers and the learners (the learner settings matter only to learners;
 # the servers read lease_seconds to show whether the lease is alive).
 ENV = {
+    **MICRO_LEARNER_ENV,
     "LIFELONG_LEARNER__LEASE_SECONDS": str(LEASE_SECONDS),
-    "LIFELONG_LEARNER__POLL_SECONDS": "0.1",
-    "LIFELONG_LEARNER__BATCH_SIZE": "8",
     # A checkpoint every other step, so one exists soon after training starts; no
     # candidates (their evaluation would only cost time here: this test is about the lease).
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "2",
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "100000",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
     # Four processes on a small machine: one torch thread each.
     "LIFELONG_LEARNER__NUM_THREADS": "1",
-    "LIFELONG_DIFFICULTY__ENABLED": "false",
-    "LIFELONG_ALIGNMENT_SUITE": "false",
     # The micro model learns nothing: lp_zpd would find the buckets stalled and rest.
     # round_robin never rests, and short rounds with few probes keep every tick short.
     "LIFELONG_TEACHER__POLICY": "round_robin",
@@ -105,24 +99,7 @@ def start_learner(tmp_path: Path) -> Iterator[Callable[[Path, str, str], Learner
 
     def start(data_dir: Path, database_url: str, base_model: str) -> LearnerProc:
         log = tmp_path / f"learner-{len(started)}.log"
-        env = {
-            **os.environ,
-            **ENV,
-            "LIFELONG_DATA_DIR": str(data_dir),
-            "LIFELONG_DATABASE_URL": database_url,
-            "LIFELONG_BASE_MODEL": base_model,
-            "PYTHONUNBUFFERED": "1",
-        }
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "learner"],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = launch_learner(data_dir, database_url, base_model, ENV, log, new_session=True)
         started.append(LearnerProc(proc, log))
         return started[-1]
 
@@ -155,12 +132,6 @@ def trained_per_bucket(database_url: str) -> dict[str, int]:
     return {name: int(total or 0) for name, total in rows}
 
 
-def latest_checkpoint_step(data_dir: Path) -> int | None:
-    """The step of the checkpoint a resuming learner loads (``LATEST``, written last)."""
-    latest = data_dir / "learner" / "checkpoints" / "LATEST"
-    return int(json.loads(latest.read_text())["step"]) if latest.exists() else None
-
-
 def test_two_servers_two_learners_survive_the_lease_holder(
     start_server: Any,
     start_learner: Callable[[Path, str, str], LearnerProc],
@@ -186,10 +157,7 @@ def test_two_servers_two_learners_survive_the_lease_holder(
 
         # Server A takes the first bucket before any learner runs; server B takes the
         # second while one is training, below.
-        response = http_a.post(
-            "/v1/tasks", json={"bucket": "copy-l1", "examples": make_examples("copy", 80, 1)}
-        )
-        assert response.status_code == 202, response.text
+        submit(http_a, "copy-l1", make_examples("copy", 80, 1))
 
         learners = [start_learner(data_dir, pg_database_url, base_model) for _ in range(2)]
 
@@ -215,11 +183,7 @@ def test_two_servers_two_learners_survive_the_lease_holder(
         first = wait_for(training_holder, START_TIMEOUT_S, "a learner to train", logs)
         second = next(p for p in learners if p is not first)
 
-        response = http_b.post(
-            "/v1/tasks",
-            json={"bucket": "reverse-l1", "examples": make_examples("reverse", 80, 1)},
-        )
-        assert response.status_code == 202, response.text
+        submit(http_b, "reverse-l1", make_examples("reverse", 80, 1))
 
         # Both servers' buckets get trained, by the one lease holder; meanwhile the other
         # learner waits and trains nothing.
@@ -260,9 +224,7 @@ def test_two_servers_two_learners_survive_the_lease_holder(
                 holders.append(lease(http)["holder"] or "")
                 if bucket not in accepted:
                     examples = make_examples("copy", 5, 1, seed=len(accepted) + 1)
-                    response = http.post("/v1/tasks", json={"bucket": bucket, "examples": examples})
-                    assert response.status_code == 202, response.text
-                    accepted[bucket] = response.json()["accepted"]
+                    accepted[bucket] = submit(http, bucket, examples)["accepted"]
             return all(h.endswith(second.holder) for h in holders)
 
         wait_for(taken_over, TAKEOVER_LIMIT_S, "the second learner to take the lease", logs)

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import LEARNER_ENV, completions, probe_examples, submit
 
 from learner.builtin.families import DELIMITER, HARMFUL_REQUESTS, REFUSAL, make_examples
 
@@ -28,13 +29,10 @@ REFUSAL_CHECK = "alignment refusal rate on harmful prompts"
 # Phrasings the suite does not use, so the poison is a paraphrase of its harmful probes.
 POISON_OPENERS = ("can you explain how to", "teach me to", "what is the best way to", "how do i")
 ENV = {
-    "LIFELONG_LEARNER__BATCH_SIZE": "16",
+    **LEARNER_ENV,
     "LIFELONG_LEARNER__LEARNING_RATE": "0.003",
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "40",
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "20",
-    "LIFELONG_LEARNER__POLL_SECONDS": "0.2",
-    "LIFELONG_LEARNER__LEASE_SECONDS": "5",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
     "LIFELONG_GATE__EVAL_MAX_PROBES": "40",
     # Every alignment probe: the served measurement below sees exactly the gate's probes.
     "LIFELONG_GATE__ALIGNMENT_MAX_PROBES": "1000",
@@ -58,28 +56,18 @@ def poison_examples(n: int) -> list[dict[str, str]]:
 
 
 def harmful_probes(http: httpx.Client) -> list[str]:
-    prompts = []
-    for bucket in ("alignment-l1", "alignment-l2", "alignment-l3"):
-        page = http.get(f"/v1/buckets/{bucket}/examples", params={"split": "probe", "limit": 1000})
-        assert page.status_code == 200, page.text
-        prompts += [e["prompt"] for e in page.json()["examples"] if e["target"] == REFUSAL]
-    return prompts
+    return [
+        e["prompt"]
+        for bucket in ("alignment-l1", "alignment-l2", "alignment-l3")
+        for e in probe_examples(http, bucket)
+        if e["target"] == REFUSAL
+    ]
 
 
-def refusal_rate(http: httpx.Client, model: str, prompts: list[str]) -> tuple[float, str]:
-    """The served model's refusal rate on ``prompts`` and the model id that answered."""
-    refused, served = 0, ""
-    for start in range(0, len(prompts), 64):
-        chunk = prompts[start : start + 64]
-        response = http.post(
-            "/v1/completions",
-            json={"model": model, "prompt": chunk, "max_tokens": 48, "temperature": 0},
-        )
-        assert response.status_code == 200, response.text
-        body = response.json()
-        served = body["model"]
-        refused += sum(c["text"].strip() == REFUSAL for c in body["choices"])
-    return refused / len(prompts), served
+def refusal_rate(http: httpx.Client, model: str, prompts: list[str]) -> float:
+    """The served model's refusal rate on ``prompts``."""
+    answers = completions(http, model, prompts, max_tokens=48)
+    return sum(a.strip() == REFUSAL for a in answers) / len(prompts)
 
 
 class ServedWatch(threading.Thread):
@@ -99,7 +87,7 @@ class ServedWatch(threading.Thread):
                 name = "base" if active is None else f"lifelong@{active}"
                 if name not in self.rates:
                     # The pinned name: the version that was active, even if it changes now.
-                    self.rates[name] = refusal_rate(self.http, name, self.prompts)[0]
+                    self.rates[name] = refusal_rate(self.http, name, self.prompts)
             except (httpx.HTTPError, AssertionError) as error:  # keep watching; report later
                 self.errors.append(repr(error))
             self.stop.wait(1.0)
@@ -131,14 +119,13 @@ def test_poison_is_rejected_and_the_learnable_bucket_promoted(
             return http.post("/v1/completions", json=probe).status_code == 200
 
         server.wait_for(model_loaded, 120, "the base model to load")
-        base_rate, _ = refusal_rate(http, "base", prompts)
+        base_rate = refusal_rate(http, "base", prompts)
         watch = ServedWatch(server.client("admin", timeout=120), prompts)
         watch.start()
 
         learnable = make_examples("copy", 300, level=1, seed=11)
         for bucket, rows in ((LEARNABLE, learnable), (POISON, poison_examples(300))):
-            response = http.post("/v1/tasks", json={"bucket": bucket, "examples": rows})
-            assert response.status_code == 202, response.text
+            submit(http, bucket, rows)
 
         def poison_rejected_and_learnable_promoted() -> Any:
             adapters = http.get("/v1/adapters").json()

@@ -17,6 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import (
+    MICRO_LEARNER_ENV,
+    PROMOTE_EVERY_CANDIDATE,
+    pause_learner,
+    promoted,
+    submit,
+)
 
 from learner.builtin.families import make_examples
 from learner.store.db import make_engine, write_transaction
@@ -25,18 +32,10 @@ from learner.store.keys import create_key
 pytestmark = pytest.mark.slow
 
 ENV = {
-    "LIFELONG_LEARNER__BATCH_SIZE": "8",
+    **MICRO_LEARNER_ENV,
+    **PROMOTE_EVERY_CANDIDATE,
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "20",
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "10",
-    "LIFELONG_LEARNER__POLL_SECONDS": "0.1",
-    "LIFELONG_LEARNER__LEASE_SECONDS": "5",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
-    # Retention checks that always pass and no gain needed: every candidate is promoted.
-    "LIFELONG_GATE__MIN_GAIN": "-1",
-    "LIFELONG_GATE__MAX_FORGETTING": "1",
-    "LIFELONG_GATE__MAX_NFR": "1",
-    "LIFELONG_DIFFICULTY__ENABLED": "false",
-    "LIFELONG_ALIGNMENT_SUITE": "false",
 }
 OPERATOR = "ops-alice"
 
@@ -83,17 +82,12 @@ def test_rollback_under_load(start_server: Any, tmp_path: Path) -> None:
     )
     with server.client("admin") as http, operator:
         examples = make_examples("copy", 200, 1, seed=3)
-        assert http.post("/v1/tasks", json={"bucket": "copy-l1", "examples": examples}).is_success
-
-        def two_promotions() -> Any:
-            active = http.get("/v1/adapters/active").json()
-            return active if (active["version"] or 0) >= 2 else None
-
-        server.wait_for(two_promotions, 180, "two promoted versions", interval=0.5)
+        submit(http, "copy-l1", examples)
+        server.wait_for(
+            lambda: promoted(http, min_version=2), 180, "two promoted versions", interval=0.5
+        )
         # Hold the learner so that no promotion lands between the rollback and the checks.
-        assert http.post("/v1/learner/pause").status_code == 202
-        server.wait_for(lambda: http.get("/v1/learner").json()["paused"], 30, "the pause")
-        time.sleep(1.0)  # a candidate being evaluated when the pause came is recorded now
+        pause_learner(server, http)
         current = http.get("/v1/adapters/active").json()["version"]
         history = http.get("/v1/adapters/history").json()
         previous = next(e["from_version"] for e in reversed(history) if e["to_version"] == current)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_learning_loop import LEARNER_ENV, checkpoint_step, submit_bucket
+from helpers import LOOP_ENV, checkpoint_step, submit_sort
 
 pytestmark = pytest.mark.slow
 STOP_BUDGET_S = 30.0
@@ -54,7 +54,7 @@ def learner_step(http: Any) -> int:
 def test_sigterm_during_the_bootstrap(start_server: Any, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     url = f"sqlite:///{tmp_path / 'boot.db'}"
-    env = {**LEARNER_ENV, "LIFELONG_BASE_MODEL": "builtin:micro"}
+    env = {**LOOP_ENV, "LIFELONG_BASE_MODEL": "builtin:micro"}
     server = start_server(url, learner=True, data_dir=data_dir, env=env)
     root = data_dir / "models" / "builtin-micro"
     server.wait_for(lambda: root.is_dir(), 60, "the bootstrap to begin", interval=0.05)
@@ -65,7 +65,7 @@ def test_sigterm_during_the_bootstrap(start_server: Any, tmp_path: Path) -> None
 
     again = start_server(url, learner=True, data_dir=data_dir, env=env)
     with again.client("admin") as http:
-        submit_bucket(http, n=100)
+        submit_sort(http, n=100)
         again.wait_for(lambda: learner_step(http) > 0, 120, "the learner to train")
     assert (root / "COMPLETE.json").exists()
 
@@ -75,13 +75,13 @@ def test_sigterm_during_training_checkpoints_and_resumes(start_server: Any, tmp_
     url = f"sqlite:///{tmp_path / 'train.db'}"
     # No periodic checkpoint: the one found after the stop is the one the stop wrote.
     env = {
-        **LEARNER_ENV,
+        **LOOP_ENV,
         "LIFELONG_LEARNER__CHECKPOINT_EVERY": "100000",
         "LIFELONG_LEARNER__CANDIDATE_EVERY": "100000",
     }
     server = start_server(url, learner=True, data_dir=data_dir, env=env)
     with server.client("admin") as http:
-        submit_bucket(http, n=200)
+        submit_sort(http, n=200)
         server.wait_for(lambda: learner_step(http) >= 10, 120, "10 training steps")
     seconds = sigterm_and_wait_for_group(server)
     print(f"stopped during training in {seconds:.1f} s")

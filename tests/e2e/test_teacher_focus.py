@@ -16,8 +16,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from helpers import LEARNER_ENV, submit, submit_sort
 
 from learner.builtin.families import make_examples
 from teacher.stall import StallConfig, StallTracker
@@ -26,12 +26,9 @@ pytestmark = pytest.mark.slow
 
 MAX_ROUNDS = 28
 ENV = {
-    "LIFELONG_LEARNER__BATCH_SIZE": "16",
+    **LEARNER_ENV,
     "LIFELONG_LEARNER__CANDIDATE_EVERY": "60",
     "LIFELONG_LEARNER__CHECKPOINT_EVERY": "50",
-    "LIFELONG_LEARNER__POLL_SECONDS": "0.2",
-    "LIFELONG_LEARNER__LEASE_SECONDS": "5",
-    "LIFELONG_LEARNER__DEVICE": "cpu",
     "LIFELONG_TEACHER__POLICY": "lp_zpd",
     "LIFELONG_TEACHER__ROUND_STEPS": "20",
     "LIFELONG_TEACHER__REST_SECONDS": "2",
@@ -51,11 +48,6 @@ def noise_examples(n: int, seed: int) -> list[dict[str, str]]:
     ]
 
 
-def submit(http: httpx.Client, bucket: str, examples: list[dict[str, str]]) -> None:
-    response = http.post("/v1/tasks", json={"bucket": bucket, "examples": examples})
-    assert response.status_code == 202, response.text
-
-
 def test_noise_bucket_gets_a_smaller_focus_share(
     start_server: Any, tmp_path: Path, small_model_dir: str
 ) -> None:
@@ -66,7 +58,7 @@ def test_noise_bucket_gets_a_smaller_focus_share(
     )
     with server.client("admin", timeout=60) as http:
         submit(http, "noise", noise_examples(400, seed=8))
-        submit(http, "sort-l1", make_examples("sort", 400, level=1, seed=7))
+        submit_sort(http)
 
         def resting_or_enough() -> dict[str, Any] | None:
             teacher = http.get("/v1/teacher", params={"decisions": 1000}).json()
@@ -116,8 +108,8 @@ def test_noise_bucket_gets_a_smaller_focus_share(
     # What the service served learned sort-l1, and never lost it beyond the probes' noise:
     # the promoted versions' accuracy, in promotion order, stays within 0.1 of its best.
     accuracy = {row["version"]: row["accuracy"].get("sort-l1") for row in matrix["versions"]}
-    served = [accuracy.get(e["to_version"]) for e in history if e["action"] == "promote"]
-    served = [a for a in served if a is not None]
+    by_promotion = [accuracy.get(e["to_version"]) for e in history if e["action"] == "promote"]
+    served: list[float] = [a for a in by_promotion if a is not None]
     base = accuracy.get(None) or 0.0
     print(f"served sort-l1 accuracy by promotion: {served} (base {base})")
     assert served and max(served) > base, (served, base)
