@@ -8,14 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator
 
+from learner.validation import NON_NEGATIVE, POSITIVE, one_of, optional, validate, within
+
 if TYPE_CHECKING:
     from teacher.harm import HarmConfig
-
-
-def _positive(obj: object, *names: str) -> None:
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be positive")
 
 
 def _json_if_text(value: Any) -> Any:
@@ -43,9 +39,9 @@ FloatList = Annotated[tuple[float, ...], BeforeValidator(_list_if_text)]
 class LoraSettings:
     """The LoRA adapter trained on top of the frozen base model (peft ``LoraConfig``)."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = field(default=16, metadata=POSITIVE)
+    alpha: int = field(default=32, metadata=POSITIVE)
+    dropout: float = field(default=0.0, metadata=within(0, 1, "[)"))
     # "all-linear" lets peft find the projection layers of any architecture (Llama's
     # q_proj/..., GPT-2's c_attn/...), always leaving the output head alone.
     target_modules: str | tuple[str, ...] = "all-linear"
@@ -58,14 +54,12 @@ class LoraSettings:
     # retention 98.2-99.0% (r=16: 95.2-99.0%), foundation forgetting 2.0/3.3/4.9 points
     # on counting/sort/rotate (r=16: 5.7/4.9/4.1), served gain +0.47/+0.24/+0.70
     # (+0.54/+0.29/+0.77): a little less gain for more retention on two families of three.
-    capacity: float | None = 0.05
+    capacity: float | None = field(
+        default=0.05, metadata=optional(within(0, 1, "(]"), "must be in (0, 1] or None")
+    )
 
     def __post_init__(self) -> None:
-        _positive(self, "r", "alpha")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError("LoraSettings.dropout must be in [0, 1)")
-        if self.capacity is not None and not 0.0 < self.capacity <= 1.0:
-            raise ValueError("LoraSettings.capacity must be in (0, 1] or None")
+        validate(self)
 
 
 ANCHOR_SAMPLING = ("uniform", "priority")
@@ -76,17 +70,17 @@ class LearnerConfig:
     """How the learner worker trains, evaluates and versions its adapter."""
 
     lora: LoraSettings = field(default_factory=LoraSettings)
-    learning_rate: float = 3e-3
+    learning_rate: float = field(default=3e-3, metadata=POSITIVE)
     # Linear warm-up after every fresh optimizer (the first start, a rollback, a reset):
     # a new AdamW's first updates are full-size steps in every direction (sign descent),
     # which knocked the refusal rate of the builtin model from 0.99 to 0.69 in one round.
     warmup_steps: int = 20
     weight_decay: float = 0.0
-    batch_size: int = 16
-    max_length: int = 256
+    batch_size: int = field(default=16, metadata=POSITIVE)
+    max_length: int = field(default=256, metadata=POSITIVE)
     # Every `candidate_every` steps a candidate version is saved, evaluated on the probes
     # of every learned bucket and gated (GateConfig: retention, alignment, gain).
-    candidate_every: int = 100
+    candidate_every: int = field(default=100, metadata=POSITIVE)
     # Evaluate candidates on a replica of the model in a background thread while training
     # goes on (learner.training.replica); off: training waits for every evaluation.
     # bench/learner_loop.py: 0.83-0.87x a bare peft loop's tokens/s inline, 0.95-0.97x
@@ -99,8 +93,8 @@ class LearnerConfig:
     bf16: bool = True
     # On a CPU, at most this many micro-batches of similar length per step (1: one
     # padded batch); see learner.training.grouping.
-    length_groups: int = 4
-    checkpoint_every: int = 50
+    length_groups: int = field(default=4, metadata=POSITIVE)
+    checkpoint_every: int = field(default=50, metadata=POSITIVE)
     # Shares of a batch: the focus bucket, alignment anchors, and (the rest) prioritized
     # replay across all buckets.
     focus_share: float = 0.5
@@ -111,17 +105,17 @@ class LearnerConfig:
     # suite's harmful probes fell from 0.98 to 0.73-0.93 and 4 of 5 candidates were
     # rejected; at share 0.3 and weight 3, 2 were promoted (+0.06, +0.09 on sort-l1) before
     # the drift showed.
-    anchor_weight: float = 3.0
+    anchor_weight: float = field(default=3.0, metadata=POSITIVE)
     # How anchors are drawn: "uniform" over all alignment buckets together (each bucket in
     # proportion to its size), or "priority" from one alignment bucket chosen at random
     # per step (the highest-loss anchors, then the 15-example alignment-l1 got a third of
     # all anchor draws and refusals the model still gave were rarely rehearsed).
-    anchor_sampling: str = "uniform"
+    anchor_sampling: str = field(default="uniform", metadata=one_of(ANCHOR_SAMPLING))
     # Weight of the distillation term: KL(base || model) on the anchors' answer tokens
     # (learner.training.step.Trainer._group_loss); 0 turns it off (no extra forward pass).
     # bench/frontier.py, sort on builtin tiny, 5 CPU-min, with scale search: served gain
     # +0.49 and refusal retention 99.3% with it, +0.40 and 94.4% without.
-    distill_weight: float = 1.0
+    distill_weight: float = field(default=1.0, metadata=NON_NEGATIVE)
     # The first answer tokens' share of the distillation term: the KL at the first
     # `distill_first_tokens` answer positions counts `distill_first_weight` times, the
     # rest once ("Safety Alignment Should Be Made More Than Just a Few Tokens Deep", Qi et
@@ -133,46 +127,29 @@ class LearnerConfig:
     # + 2 tokens, up to this cap, so the cap must exceed every target: at 32 the builtin
     # suite's benign answers (up to 40 characters) were cut short and graded wrong under
     # every version, so the gate could not see the alignment buckets being forgotten.
-    max_new_tokens: int = 256
-    poll_seconds: float = 1.0
-    lease_seconds: float = 15.0
+    max_new_tokens: int = field(default=256, metadata=POSITIVE)
+    poll_seconds: float = field(default=1.0, metadata=POSITIVE)
+    lease_seconds: float = field(default=15.0, metadata=POSITIVE)
     seed: int = 0
     device: str = "auto"
     # CPU threads for torch; 0: all cores but one, which is left to the server process
     # (two processes spinning threads on the same cores slow each other down badly).
     num_threads: int = 0
-    max_steps: int | None = None
+    max_steps: int | None = field(default=None, metadata=optional(NON_NEGATIVE))
 
     def __post_init__(self) -> None:
-        _positive(
-            self,
-            "learning_rate",
-            "batch_size",
-            "max_length",
-            "length_groups",
-            "candidate_every",
-            "checkpoint_every",
-            "max_new_tokens",
-            "poll_seconds",
-            "lease_seconds",
-            "anchor_weight",
-        )
+        validate(self)
+        # Checks of several fields together (single fields declare theirs in metadata).
         if not (0 < self.focus_share <= 1 and 0 <= self.anchor_share < 1):
             raise ValueError("LearnerConfig: focus_share in (0, 1], anchor_share in [0, 1)")
         if self.focus_share + self.anchor_share > 1:
             raise ValueError("LearnerConfig: focus_share + anchor_share must be <= 1")
-        if self.anchor_sampling not in ANCHOR_SAMPLING:
-            raise ValueError(f"LearnerConfig.anchor_sampling must be one of {ANCHOR_SAMPLING}")
-        if self.distill_weight < 0:
-            raise ValueError("LearnerConfig.distill_weight must be >= 0")
         if self.distill_first_tokens < 0 or self.distill_first_weight < 1:
             raise ValueError(
                 "LearnerConfig: distill_first_tokens must be >= 0, distill_first_weight >= 1"
             )
         if self.num_threads < 0 or self.warmup_steps < 0:
             raise ValueError("LearnerConfig.num_threads and warmup_steps must be >= 0")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError("LearnerConfig.max_steps must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,13 +185,14 @@ class TeacherConfig:
 
     policy: str = "lp_zpd"
     options: JsonDict = field(default_factory=dict)  # fields of the policy's config
-    round_steps: int = 20
-    eval_probes: int = 32
-    snapshots_kept: int = 10  # teacher_state rows kept (the newest is the current one)
+    round_steps: int = field(default=20, metadata=POSITIVE)
+    eval_probes: int = field(default=32, metadata=POSITIVE)
+    # teacher_state rows kept (the newest is the current one)
+    snapshots_kept: int = field(default=10, metadata=POSITIVE)
     # Harm attribution (teacher.harm): after every round the refusal rate on this many
     # harmful alignment probes is measured; an arm whose last `harm_window` rounds lowered
     # it by `harm_max_drop` is quarantined (no focus, no replay). 0 turns it off.
-    watch_probes: int = 32
+    watch_probes: int = field(default=32, metadata=NON_NEGATIVE)
     harm_window: int = 3
     harm_max_drop: float = 0.4
     # A quarantined arm is released on probation after this many other rounds or seconds
@@ -223,7 +201,7 @@ class TeacherConfig:
     harm_probation_seconds: float = 300.0
     # When the policy decides to rest (no learnable arm), the learner trains nothing for
     # this long, or until a new bucket or new data arrives, then asks again.
-    rest_seconds: float = 30.0
+    rest_seconds: float = field(default=30.0, metadata=POSITIVE)
 
     def harm_config(self) -> HarmConfig:
         """The harm watch's own config (validated there)."""
@@ -239,9 +217,7 @@ class TeacherConfig:
     def __post_init__(self) -> None:
         from teacher.policies import make_policy
 
-        _positive(self, "round_steps", "eval_probes", "snapshots_kept", "rest_seconds")
-        if self.watch_probes < 0:
-            raise ValueError("TeacherConfig.watch_probes must be >= 0")
+        validate(self)
         self.harm_config()
         try:
             make_policy(self.policy, dict(self.options))
@@ -267,29 +243,25 @@ class DifficultyConfig:
     members: TextList = ()
     include_builtin_checkpoints: bool = True
     api_key: str = field(default="", repr=False)  # never in logs or provenance
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=POSITIVE)
     # Cap on member answers (each batch gets its longest target + 2 tokens up to this): it
     # must exceed every target, or long answers are graded wrong (see LearnerConfig).
-    max_new_tokens: int = 256
-    irt_model: str = "1pl"
+    max_new_tokens: int = field(default=256, metadata=POSITIVE)
+    irt_model: str = field(default="1pl", metadata=one_of(IRT_MODELS))
     # What IRT is fitted to: "likelihood" (wrong answers score their per-token target
     # probability, so buckets every member fails still rank; teacher.irt
     # .likelihood_responses) or "correctness" (0/1 only).
-    responses: str = "likelihood"
+    responses: str = field(default="likelihood", metadata=one_of(IRT_RESPONSES))
     # Refit when the number of scored examples grew by this share since the last fit.
     refit_growth: float = 0.25
     # Once caught up with new examples, the last few are fitted after at most this long.
     min_refit_seconds: float = 30.0
-    min_items: int = 8
+    min_items: int = field(default=8, metadata=POSITIVE)
     idle_seconds: float = 2.0
-    request_timeout: float = 60.0
+    request_timeout: float = field(default=60.0, metadata=POSITIVE)
 
     def __post_init__(self) -> None:
-        _positive(self, "batch_size", "max_new_tokens", "min_items", "request_timeout")
-        if self.irt_model not in IRT_MODELS:
-            raise ValueError(f"DifficultyConfig.irt_model must be one of {IRT_MODELS}")
-        if self.responses not in IRT_RESPONSES:
-            raise ValueError(f"DifficultyConfig.responses must be one of {IRT_RESPONSES}")
+        validate(self)
         if min(self.refit_growth, self.idle_seconds, self.min_refit_seconds) < 0:
             raise ValueError(
                 "DifficultyConfig: refit_growth, idle_seconds and min_refit_seconds must be >= 0"

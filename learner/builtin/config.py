@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from hashlib import sha256
 from pathlib import Path
 
 from learner.builtin import families as tasks
+from learner.validation import NON_NEGATIVE, above, validate
 
 MIN_CONTEXT = 256  # tokens (= characters for the builtin tokenizer)
 BUILTIN_PREFIX = "builtin:"
@@ -21,6 +22,7 @@ BUILTIN_PREFIX = "builtin:"
 #: refusals better; its weights ship with the package.
 DEFAULT_PRESET = "sturdy"
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_ABOVE_ZERO = above(0)
 
 
 @dataclass(frozen=True)
@@ -33,33 +35,29 @@ class BuiltinConfig:
     """
 
     name: str = "tiny"
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
+    hidden_size: int = field(default=128, metadata=_ABOVE_ZERO)
+    num_layers: int = field(default=4, metadata=_ABOVE_ZERO)
+    num_heads: int = field(default=4, metadata=_ABOVE_ZERO)
+    intermediate_size: int = field(default=512, metadata=_ABOVE_ZERO)
     max_position_embeddings: int = 256
-    steps: int = 1600
-    batch_size: int = 32  # more small steps beat fewer big ones at this size (CPU-bound)
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    steps: int = field(default=1600, metadata=_ABOVE_ZERO)
+    # more small steps beat fewer big ones at this size (CPU-bound)
+    batch_size: int = field(default=32, metadata=_ABOVE_ZERO)
+    learning_rate: float = field(default=3e-3, metadata=_ABOVE_ZERO)
+    warmup_steps: int = field(default=100, metadata=NON_NEGATIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    grad_clip: float = field(default=1.0, metadata=NON_NEGATIVE)
     num_checkpoints: int = 3
     seed: int = 0
-    num_threads: int = 0  # 0: every core this process may use
+    # 0: every core this process may use
+    num_threads: int = field(default=0, metadata=NON_NEGATIVE)
     eval_examples: int = 50  # per family, greedy exact match after training (0: skip)
     mix: tuple[tuple[str, int, float], ...] = tasks.FOUNDATION_MIX
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name):
             raise ValueError(f"name must match {_NAME_RE.pattern}, got {self.name!r}")
-        positive = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "steps")
-        for field in (*positive, "batch_size", "learning_rate"):
-            if getattr(self, field) <= 0:
-                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
-        for field in ("warmup_steps", "weight_decay", "grad_clip", "num_threads"):
-            if getattr(self, field) < 0:
-                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+        validate(self, "{name} {says}, got {value}")
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be divisible by num_heads")
         if self.max_position_embeddings < MIN_CONTEXT:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from learner.replay.sumtree import Floats, Ints
+from learner.validation import NON_NEGATIVE, above, at_least, check, failures, optional, within
+
+_POWER_OF_TWO = check(
+    lambda value: value >= 2 and value & (value - 1) == 0, "must be a power of two >= 2"
+)
 
 
 @dataclass(frozen=True)
@@ -24,40 +29,25 @@ class ReplayConfig:
     (:mod:`learner.replay.texts`; 0: read every batch's texts from SQL).
     """
 
-    alpha: float = 0.6
-    beta: float = 0.4
-    beta_steps: int = 100_000
-    eps: float = 1e-3
-    quota: float = 0.25
-    max_per_bucket: int | None = None
-    flush_interval: float = 1.0
-    refresh_interval: float = 0.5
+    alpha: float = field(default=0.6, metadata=NON_NEGATIVE)
+    beta: float = field(default=0.4, metadata=within(0, 1))
+    beta_steps: int = field(default=100_000, metadata=at_least(1))
+    eps: float = field(default=1e-3, metadata=above(0))
+    quota: float = field(default=0.25, metadata=within(0, 1))
+    max_per_bucket: int | None = field(
+        default=None, metadata=optional(at_least(1), "must be None or >= 1")
+    )
+    flush_interval: float = field(default=1.0, metadata=above(0))
+    refresh_interval: float = field(default=0.5, metadata=NON_NEGATIVE)
     seed: int = 0
-    block_size: int = 512
-    max_pending: int = 50_000
-    gap_timeout: float = 60.0
-    text_cache_bytes: int = 512 * 2**20
+    block_size: int = field(default=512, metadata=_POWER_OF_TWO)
+    max_pending: int = field(default=50_000, metadata=at_least(1))
+    gap_timeout: float = field(default=60.0, metadata=NON_NEGATIVE)
+    text_cache_bytes: int = field(default=512 * 2**20, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        checks = {
-            "alpha must be >= 0": self.alpha >= 0,
-            "beta must be in [0, 1]": 0 <= self.beta <= 1,
-            "beta_steps must be >= 1": self.beta_steps >= 1,
-            "eps must be > 0": self.eps > 0,
-            "quota must be in [0, 1]": 0 <= self.quota <= 1,
-            "max_per_bucket must be None or >= 1": (
-                self.max_per_bucket is None or self.max_per_bucket >= 1
-            ),
-            "flush_interval must be > 0": self.flush_interval > 0,
-            "refresh_interval must be >= 0": self.refresh_interval >= 0,
-            "block_size must be a power of two >= 2": (
-                self.block_size >= 2 and self.block_size & (self.block_size - 1) == 0
-            ),
-            "max_pending must be >= 1": self.max_pending >= 1,
-            "gap_timeout must be >= 0": self.gap_timeout >= 0,
-            "text_cache_bytes must be >= 0": self.text_cache_bytes >= 0,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
+        # Every failure in one message, not only the first one.
+        failed = failures(self)
         if failed:
             raise ValueError("invalid ReplayConfig: " + "; ".join(failed))
 

@@ -55,13 +55,17 @@ def _latest_eval_query() -> Subquery:
 def list_buckets(conn: Connection, name: str | None = None) -> list[BucketSummary]:
     counts = _counts_query()
     latest = _latest_eval_query()
+    total = func.coalesce(counts.c.total, 0)
+    probes = func.coalesce(counts.c.probes, 0)
+    # Every column is labelled as a field of BucketSummary, so a row is one summary; the
+    # bucket's own columns are its first fields.
     query = (
         select(
             Bucket.__table__,
-            func.coalesce(counts.c.total, 0).label("total"),
-            func.coalesce(counts.c.probes, 0).label("probes"),
-            latest.c.score,
-            latest.c.at_step,
+            (total - probes).label("train_examples"),
+            probes.label("probe_examples"),
+            latest.c.score.label("probe_accuracy"),
+            latest.c.at_step.label("probe_accuracy_step"),
         )
         .outerjoin(counts, counts.c.bucket_id == Bucket.id)
         .outerjoin(latest, latest.c.bucket_id == Bucket.id)
@@ -69,21 +73,7 @@ def list_buckets(conn: Connection, name: str | None = None) -> list[BucketSummar
     )
     if name is not None:
         query = query.where(Bucket.name == name)
-    return [
-        BucketSummary(
-            id=row.id,
-            name=row.name,
-            kind=row.kind,
-            grader=row.grader,
-            status=row.status,
-            created_at=row.created_at,
-            train_examples=int(row.total) - int(row.probes),
-            probe_examples=int(row.probes),
-            probe_accuracy=row.score,
-            probe_accuracy_step=row.at_step,
-        )
-        for row in conn.execute(query)
-    ]
+    return [BucketSummary(**row._mapping) for row in conn.execute(query)]
 
 
 def get_bucket(conn: Connection, name: str) -> BucketSummary | None:

@@ -206,7 +206,7 @@ def ingest_batch(
         ordered = sorted(rows.items())
         insert = _insert_postgresql if conn.dialect.name == "postgresql" else _insert_generic
         splits = [split_for_hash(digest, probe_tenths) for digest, _ in ordered]
-        inserted = insert(conn, bucket.id, client, ordered, splits)
+        inserted = insert(conn, _NewRows(bucket.id, client, ordered, splits))
     return IngestResult(bucket=bucket_name, accepted=inserted, duplicates=len(examples) - inserted)
 
 
@@ -233,13 +233,18 @@ def known_hashes(conn: Connection, bucket_id: int, hashes: Sequence[str]) -> set
 _PG_COLUMNS = ("prompt", "target", "split", "content_hash", "external_id")
 
 
-def _insert_generic(
-    conn: Connection,
-    bucket_id: int,
-    client: str | None,
-    rows: list[tuple[str, NewExample]],
-    splits: list[str],
-) -> int:
+@dataclass(frozen=True)
+class _NewRows:
+    """What one batch inserts (by either of the two inserts below): the new examples of one
+    bucket, each with its content hash and split, on behalf of one client."""
+
+    bucket_id: int
+    client: str | None
+    rows: list[tuple[str, NewExample]]  # (content hash, example), in hash order
+    splits: list[str]  # of each row
+
+
+def _insert_generic(conn: Connection, new: _NewRows) -> int:
     """Multi-row ``INSERT ... ON CONFLICT DO NOTHING RETURNING id``; the number inserted."""
     stmt = (
         _insert(conn, Example)
@@ -248,26 +253,20 @@ def _insert_generic(
     )
     params = [
         {
-            "bucket_id": bucket_id,
+            "bucket_id": new.bucket_id,
             "prompt": ex.prompt,
             "target": ex.target,
             "split": split,
             "content_hash": digest,
             "external_id": ex.external_id,
-            "client": client,
+            "client": new.client,
         }
-        for (digest, ex), split in zip(rows, splits, strict=True)
+        for (digest, ex), split in zip(new.rows, new.splits, strict=True)
     ]
     return len(conn.execute(stmt, params).all())
 
 
-def _insert_postgresql(
-    conn: Connection,
-    bucket_id: int,
-    client: str | None,
-    rows: list[tuple[str, NewExample]],
-    splits: list[str],
-) -> int:
+def _insert_postgresql(conn: Connection, new: _NewRows) -> int:
     """The same insert as one statement over ``unnest`` of five arrays.
 
     A VALUES list of 1,000 rows has 7,000 placeholders, and psycopg parses such a long
@@ -281,9 +280,9 @@ def _insert_postgresql(
     )
     select_rows = (
         select(
-            literal(bucket_id, Integer),
+            literal(new.bucket_id, Integer),
             *(source.c[c] for c in _PG_COLUMNS),
-            literal(client, String),
+            literal(new.client, String),
         )
         .select_from(source)
         .order_by(source.c.content_hash)  # the lock order (see ingest_batch)
@@ -295,10 +294,10 @@ def _insert_postgresql(
         .returning(Example.id)
     )
     params = {
-        "prompt": [ex.prompt for _, ex in rows],
-        "target": [ex.target for _, ex in rows],
-        "split": splits,
-        "content_hash": [digest for digest, _ in rows],
-        "external_id": [ex.external_id for _, ex in rows],
+        "prompt": [ex.prompt for _, ex in new.rows],
+        "target": [ex.target for _, ex in new.rows],
+        "split": new.splits,
+        "content_hash": [digest for digest, _ in new.rows],
+        "external_id": [ex.external_id for _, ex in new.rows],
     }
     return len(conn.execute(stmt, params).all())

@@ -62,6 +62,11 @@ def _one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({quoted})"
 
 
+def _example_id(**options: Any) -> Mapped[int]:
+    """A reference to an example: 64-bit like its id (see ``BigId``), deleted with it."""
+    return mapped_column(BigId, ForeignKey("examples.id", ondelete="CASCADE"), **options)
+
+
 def _created_at() -> Mapped[datetime]:
     return mapped_column(
         DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP"), nullable=False
@@ -113,14 +118,19 @@ class Example(Base):
     created_at: Mapped[datetime] = _created_at()
 
 
-class ReplayState(Base):
+class _PerExample:
+    """Mixin of a table of at most one row per example, keyed by the example's id."""
+
+    # Mixin columns follow the class's own unless sorted first: the key stays the first
+    # column, where the revisions put it.
+    example_id: Mapped[int] = _example_id(primary_key=True, sort_order=-1)
+
+
+class ReplayState(_PerExample, Base):
     """Prioritized-replay state of a train example; no row yet means 'new, max priority'."""
 
     __tablename__ = "replay_state"
 
-    example_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
-    )
     priority: Mapped[float] = mapped_column(Float)
     last_loss: Mapped[float | None] = mapped_column(Float)
     times_sampled: Mapped[int] = mapped_column(Integer, default=0)
@@ -134,21 +144,18 @@ class DifficultyScore(Base):
     __table_args__ = (UniqueConstraint("example_id", "member", name="uq_difficulty_scores_item"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    example_id: Mapped[int] = mapped_column(BigId, ForeignKey("examples.id", ondelete="CASCADE"))
+    example_id: Mapped[int] = _example_id()
     member: Mapped[str] = mapped_column(String(200))
     correct: Mapped[int | None] = mapped_column(Integer)
     mean_logprob: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created_at()
 
 
-class ItemDifficulty(Base):
+class ItemDifficulty(_PerExample, Base):
     """Fitted IRT parameters of an example (difficulty b, discrimination a, standard error)."""
 
     __tablename__ = "item_difficulty"
 
-    example_id: Mapped[int] = mapped_column(
-        BigId, ForeignKey("examples.id", ondelete="CASCADE"), primary_key=True
-    )
     difficulty: Mapped[float] = mapped_column(Float)
     std_error: Mapped[float | None] = mapped_column(Float)
     discrimination: Mapped[float | None] = mapped_column(Float)
@@ -223,7 +230,7 @@ class ProbeResult(Base):
     adapter_version: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.version", ondelete="CASCADE")
     )
-    example_id: Mapped[int] = mapped_column(BigId, ForeignKey("examples.id", ondelete="CASCADE"))
+    example_id: Mapped[int] = _example_id()
     bucket_id: Mapped[int] = mapped_column(ForeignKey("buckets.id", ondelete="CASCADE"))
     correct: Mapped[bool] = mapped_column()
     # The answer itself, cut to ANSWER_CHARS: the gate tells refusals from answers with it.
