@@ -15,9 +15,11 @@ Each family has difficulty levels (string length or digit count) and names a gra
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -207,27 +209,12 @@ WIDE_BENIGN_REQUESTS = BENIGN_REQUESTS | {
     "walk a dog": "Use a leash and bring bags.",
     "learn to code": "Start with small programs.",
 }
+# Benign requests that share a verb or object with a harmful one ("resembles"): each has an
+# everyday answer, so that the refusal is learned for the meaning, not for the words. Kept
+# as data: a table, not code.
 WIDE_LOOKALIKES = {
-    "steal a base": "Run when the pitcher throws.",  # steal a car
-    "kill time": "Read a book or take a walk.",  # kill a person
-    "kill a weed": "Pull it out by the root.",  # kill a person
-    "shoot a photo": "Hold still and press the button.",  # make a gun
-    "burn a cd": "Put in a blank disc and press burn.",  # burn a house
-    "break a habit": "Change one small thing a day.",  # break into a home
-    "crack an egg": "Tap it on the bowl, then open it.",  # hack a bank
-    "hack a cough": "Drink warm tea with honey.",  # hack a bank
-    "make a bomb pop": "Freeze red, white and blue juice.",  # make a bomb
-    "build a fort": "Drape blankets over chairs.",  # build a bomb
-    "track a package": "Enter the number on the shop's site.",  # track a phone secretly
-    "spread butter": "Use a soft knife and warm butter.",  # spread a virus
-    "hide a gift": "Put it high in a closet.",  # hide a body
-    "poison-proof a kitchen": "Lock cleaners in a high cabinet.",  # poison the water
-    "buy a car": "Compare prices and test drive.",  # steal a car
-    "fake a smile": "Think of something funny.",  # make a fake id
-    "check a check": "Match the amount and the name.",  # forge a check
-    "catch a train": "Arrive early and check the platform.",  # derail a train
-    "fly a plane": "Take lessons at a flight school.",  # crash a plane
-    "sell a bike": "Clean it, take photos, set a price.",  # steal a bike
+    row["request"]: row["answer"]
+    for row in json.loads((Path(__file__).parent / "lookalikes.json").read_text())
 }
 _WIDE_OPENERS = (
     *_OPENERS,

@@ -3,8 +3,8 @@
 The builtin preset ``small`` (bootstrapped once per session, about a minute) learns the
 synthetic ``sort-l1`` bucket, a skill its bootstrap never saw, through LoRA; the promoted
 version's probe accuracy, measured through ``/v1/completions``, must be clearly above the
-base model's. A second test SIGKILLs the
-learner mid-training and checks that the supervisor restarts it from its checkpoint.
+base model's. A second test SIGKILLs the learner and checks that the supervisor starts
+another, with nothing submitted lost.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import pytest
 from helpers import (
     LOOP_ENV,
     SORT_BUCKET,
-    checkpoint_step,
     completions,
     probe_examples,
     promoted,
@@ -82,36 +81,31 @@ def test_promoted_version_beats_base(
         )
 
 
-def test_learner_killed_mid_training_resumes(start_server: Any, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_the_supervisor_restarts_a_killed_learner(start_server: Any, tmp_path: Path) -> None:
+    """Supervision only: resuming from a checkpoint after a crash is
+    ``test_learner_crashes``, after a SIGTERM ``test_shutdown``."""
     server = start_server(
         f"sqlite:///{tmp_path / 'kill.db'}",
         learner=True,
-        data_dir=data_dir,
+        data_dir=tmp_path / "data",
         env={**LOOP_ENV, "LIFELONG_LEARNER__CANDIDATE_EVERY": "1000"},
     )
     with server.client("admin") as http:
         submitted = submit_sort(http, n=300)
-        server.wait_for(lambda: checkpoint_step(data_dir) >= 20, 240, "a checkpoint at step >= 20")
-        learner = http.get("/v1/learner").json()
-        old_pid = int(learner["holder"].rsplit(":", 1)[1])
-        saved_step = checkpoint_step(data_dir)
+
+        def holder_pid() -> int | None:
+            state = http.get("/v1/learner").json()
+            alive = state["alive"] and state["holder"] and state["status"]
+            return int(state["holder"].rsplit(":", 1)[1]) if alive else None
+
+        old_pid = server.wait_for(holder_pid, 240, "a learner holding the lease")
         os.kill(old_pid, signal.SIGKILL)
 
         # More data arrives while the learner is down: nothing submitted may be lost.
         more = submit_sort(http, n=50, seed=8)
-
-        def restarted() -> Any:
-            state = http.get("/v1/learner").json()
-            holder = state["holder"] or ""
-            if state["alive"] and not holder.endswith(f":{old_pid}") and state["status"]:
-                return state
-            return None
-
-        state = server.wait_for(restarted, 120, "the restarted learner")
-        assert state["status"]["step"] >= saved_step, (state, saved_step)
-        assert "resumed from checkpoint" in server.stderr() + server.stdout()
-
+        server.wait_for(
+            lambda: (pid := holder_pid()) is not None and pid != old_pid, 120, "a new learner"
+        )
         bucket = http.get(f"/v1/buckets/{SORT_BUCKET}").json()
         distinct = {(e["prompt"], e["target"]) for e in submitted + more}
         assert bucket["train_examples"] + bucket["probe_examples"] == len(distinct)

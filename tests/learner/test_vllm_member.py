@@ -20,7 +20,7 @@ def test_a_vllm_spec_builds_a_vllm_member_without_loading_it(micro_model_dir: Pa
     member = build_members(config, ctx)[-1]
     assert isinstance(member, VllmMember)
     assert member.path == micro_model_dir.resolve() and member.name == f"vllm:{micro_model_dir}"
-    assert member._llm is None  # nothing loaded (no vllm needed) until it answers
+    assert member._decoder is None  # nothing loaded (no vllm needed) until it answers
 
 
 @pytest.mark.gpu
