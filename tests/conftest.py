@@ -153,7 +153,7 @@ def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The builtin ``small`` preset (about a minute to bootstrap), once per session.
+    """The builtin ``small`` preset (its weights ship: installed in a second), once per session.
 
     ``LIFELONG_TEST_SMALL_MODEL_ROOT`` names a directory to build it in (or reuse it from)
     across sessions while developing; by default a fresh temporary directory."""

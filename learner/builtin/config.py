@@ -90,10 +90,12 @@ PRESETS: dict[str, BuiltinConfig] = {
     "micro": BuiltinConfig(name="micro", hidden_size=32, num_layers=2, num_heads=2,
                            intermediate_size=64, steps=40, batch_size=16, learning_rate=1e-2,
                            warmup_steps=5, eval_examples=4, num_threads=1),
-    # The tiny architecture with a short bootstrap (about a minute): it knows its skills
-    # a little, enough for LoRA to teach it a new one quickly. For end-to-end tests.
+    # The tiny architecture with a short bootstrap: it knows its skills a little, enough
+    # for LoRA to teach it a new one quickly. For end-to-end tests and the learner
+    # benchmark. One thread, so that it is the same model everywhere; its weights ship, so
+    # no test session spends minutes (per xdist worker) training it.
     "small": BuiltinConfig(name="small", steps=500, warmup_steps=30, batch_size=32,
-                           num_checkpoints=1, eval_examples=0),
+                           num_checkpoints=1, eval_examples=0, num_threads=1),
     # A sturdier base, measured against tiny on bench/frontier.py: 2.25x the width, 2.5x the
     # bootstrap, the broader STURDY_MIX with the wide alignment set. One thread, so that the
     # same settings give the same weights on every machine (thread counts change the sums).
@@ -110,6 +112,7 @@ PRESETS: dict[str, BuiltinConfig] = {
 #: again from the seeded recipe (one torch thread) and says whether the final weights match.
 SHIPPED_WEIGHTS: dict[str, str] = {
     "sturdy": "4d6144778d55099a68087d12aee99318d83f5531d60ff9ce8f854196ea2408ba",
+    "small": "d0a5561069ea07c4a1af64fadf6ce44f911847cb78c0d75f30d09c5b82041d39",
 }
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 

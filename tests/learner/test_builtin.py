@@ -154,8 +154,9 @@ def test_interrupted_bootstrap_is_redone(tmp_path: Path) -> None:
         assert builtin.ensure_builtin_model(tmp_path, config, progress=False) == final
 
 
-def test_the_default_preset_ships_its_weights_and_installs_in_seconds(tmp_path: Path) -> None:
-    config = BuiltinConfig.preset(builtin.DEFAULT_PRESET)
+@pytest.mark.parametrize("name", sorted(builtin.SHIPPED_WEIGHTS))
+def test_a_shipped_preset_installs_in_seconds(tmp_path: Path, name: str) -> None:
+    config = BuiltinConfig.preset(name)
     source = builtin.shipped_weights(config)
     assert source is not None, "the shipped weights do not match the preset: pack them again"
     started = time.monotonic()
@@ -163,11 +164,17 @@ def test_the_default_preset_ships_its_weights_and_installs_in_seconds(tmp_path: 
     assert time.monotonic() - started < 30  # copied and checked, not trained
     manifest = json.loads((source / builtin.MANIFEST).read_text())
     assert builtin.sha256_file(final / "model.safetensors") == manifest["final/model.safetensors"]
+    every = config.steps // (config.num_checkpoints + 1)
     assert [p.name for p in builtin.builtin_checkpoints(final)] == [
-        "step-1000", "step-2000", "step-3000"
-    ]  # fmt: skip
+        f"step-{every * i}" for i in range(1, config.num_checkpoints + 1)
+    ]
     provenance = json.loads((final / "provenance.json").read_text())
-    assert provenance["fingerprint"] == config.fingerprint() and provenance["steps"] == 4000
+    assert provenance["fingerprint"] == config.fingerprint()
+    assert provenance["steps"] == config.steps
+
+
+def test_the_default_preset_ships_its_weights() -> None:
+    assert builtin.DEFAULT_PRESET in builtin.SHIPPED_WEIGHTS
 
 
 def test_packed_weights_install_as_built_and_damage_is_refused(
