@@ -92,8 +92,10 @@ class TaskSubmission(StrictModel):
     kind: Literal["task", "alignment"] | None = None
     grader: str | None = Field(
         default=None,
-        description="Grader name, e.g. exact or numeric.",
-        json_schema_extra={"enum": list(sorted(GRADERS))},
+        description="Grader name, e.g. exact or numeric; null: the bucket's or exact.",
+        # null is listed too: the enum applies to the whole field (string or null), and a
+        # null grader is accepted (the default), as schema-driven clients must be told.
+        json_schema_extra={"enum": [*sorted(GRADERS), None]},
     )
     examples: list[ExampleIn] = Field(json_schema_extra={"minItems": 1})
 
