@@ -61,9 +61,10 @@ class VllmDecoder:
     and ``cancel`` takes effect before decoding starts, not between tokens.
     """
 
-    def __init__(self, llm: Any, lora_request: Any = None) -> None:
+    def __init__(self, llm: Any, lora_request: Any = None, tokenizer: Any = None) -> None:
         self.llm, self.lora_request = llm, lora_request
-        self.tokenizer = llm.get_tokenizer()
+        # The serving engine made one per request: it passes the tokenizer it holds.
+        self.tokenizer = tokenizer if tokenizer is not None else llm.get_tokenizer()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -188,7 +188,7 @@ class VllmEngine(InferenceEngine):
             slot = self.slots.get(version)
             assert slot is not None, f"version {version} is not loaded"
             request = self._lora_request(slot)
-        yield VllmDecoder(self._llm, request)
+        yield VllmDecoder(self._llm, request, self.tokenizer)
 
     @property
     def context_tokens(self) -> int | None:
