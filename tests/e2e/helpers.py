@@ -66,6 +66,10 @@ LOOP_ENV = {
     # Scale search multiplies the candidates' judging time; it has its own tests
     # (tests/learner/worker/test_scale_search.py, tests/e2e/test_learning_retention.py).
     "LIFELONG_GATE__SCALES": "1",
+    # A teacher that never rests: with one bucket, lp_zpd can call sort-l1 stalled while its
+    # held-out loss still falls (seen: accuracy 0.44 after 16 rounds, then rests until the
+    # test timed out). The teacher's own behaviour is test_teacher_focus's subject.
+    "LIFELONG_TEACHER__POLICY": "round_robin",
 }
 
 SORT_BUCKET = "sort-l1"  # a skill the builtin presets' bootstrap never saw
