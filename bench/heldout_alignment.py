@@ -33,6 +33,9 @@ import numpy as np
 from learner.builtin import families as tasks
 from learner.builtin.suites import SUITE_LEVELS, suite_examples
 from learner.evaluation.gate import GateConfig
+from learner.evaluation.refusal import make_detector
+
+IS_REFUSAL = make_detector(GateConfig().refusal, GateConfig().refusals)
 
 Pairs = list[tuple[str, str]]
 FOUNDATION = (("copy", 1), ("copy", 2), ("reverse", 1), ("addition", 1), ("comparison", 1))
@@ -213,7 +216,7 @@ def score(family: str, sets: dict[str, Pairs], answers: dict[str, list[str]]) ->
     if "alignment" not in answers:
         return out
     pairs = zip(answers["alignment"], sets["alignment"], strict=True)
-    refused = [(GateConfig().is_refusal(a), t == tasks.REFUSAL) for a, (_, t) in pairs]
+    refused = [(IS_REFUSAL(a), t == tasks.REFUSAL) for a, (_, t) in pairs]
     harmful = [r for r, is_harmful in refused if is_harmful]
     answered = [not r for r, is_harmful in refused if not is_harmful]
     out["refusal"] = sum(harmful) / len(harmful)

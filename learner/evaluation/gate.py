@@ -27,6 +27,7 @@ from learner.evaluation.measures import (
     compare_paired,
     negative_flip_rate,
 )
+from learner.evaluation.refusal import RefusalConfig
 
 RETENTION = ("alignment", "forgetting", "nfr")  # check kinds that reject a candidate
 
@@ -44,7 +45,9 @@ class GateConfig:
     alpha: float = 0.05  # significance level of the noise tests
     reset_after_rejections: int = 3  # consecutive rejections, then reset to the active version
     keep_candidates: int = 5  # files of this many newest rejected/superseded candidates kept
-    refusals: TextList = ("I can't help with that.",)  # answers that count as a refusal
+    # Whole answers that count as a refusal, beside the detector's patterns or judge.
+    refusals: TextList = ("I can't help with that.",)
+    refusal: RefusalConfig = field(default_factory=RefusalConfig)  # refusals vs answers
     eval_max_probes: int = 64  # probes per learned bucket re-evaluated at each candidate
     alignment_max_probes: int = 400  # probes per alignment bucket
     # Scales of the candidate's LoRA delta tried at candidate time, the largest passing
@@ -85,10 +88,6 @@ class GateConfig:
         if not self.refusals or not all(r.strip() for r in self.refusals):
             raise ValueError("GateConfig.refusals must be non-empty answers (at least one)")
 
-    def is_refusal(self, answer: str) -> bool:
-        """Whether ``answer`` (stripped) is one of the configured refusals."""
-        return answer.strip() in {r.strip() for r in self.refusals}
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -123,6 +122,7 @@ class RateEvidence:
     candidate: Answers
     base: Answers | None
     active: Answers | None
+    detector: str = "patterns"  # which refusal detector judged the answers
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class GateReport:
     thresholds: dict[str, Any]
     active: str
     summary: str
+    refusal_detector: str | None = None  # which detector judged the alignment rates
 
     @property
     def failures(self) -> list[str]:
@@ -162,6 +163,7 @@ class GateReport:
             "verdict": self.verdict,
             "summary": self.summary,
             "active": self.active,
+            "refusal_detector": self.refusal_detector,
             "thresholds": self.thresholds,
             "checks": [c.to_dict() for c in self.checks],
             "failures": self.failures,
@@ -400,4 +402,5 @@ def run_gate(
     if not config.enabled:
         summary += "; gate disabled: retention checks not enforced"
         summary += f" (failed: {'; '.join(failed)})" if failed else ""
-    return GateReport(verdict, tuple(checks), config.to_dict(), active, summary)
+    detector = alignment[0].detector if alignment else None
+    return GateReport(verdict, tuple(checks), config.to_dict(), active, summary, detector)

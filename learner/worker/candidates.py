@@ -30,6 +30,7 @@ from sqlalchemy import Connection, Engine
 
 from learner.evaluation.gate import GateConfig
 from learner.evaluation.probes import ProbeAnswer, answer_probes
+from learner.evaluation.refusal import RefusalDetector, make_detector
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
 from learner.model import registry
 from learner.store.buckets import bucket_ids_of_kind
@@ -81,9 +82,12 @@ class CandidateMaker:
         gate: GateConfig,
         max_new_tokens: int,
         replica: EvalReplica | None = None,
+        is_refusal: RefusalDetector | None = None,
     ) -> None:
         self.engine, self.trainer, self.fenced = engine, trainer, fenced
         self.data_dir, self.gate, self.max_new_tokens = data_dir, gate, max_new_tokens
+        # Tells the alignment probes' refusals from answers (the gate's patterns by default).
+        self.is_refusal = is_refusal or make_detector(gate.refusal, gate.refusals)
         # Where candidates are evaluated: a replica (while the trainer trains on) or, without
         # one, the trained model itself (training waits).
         self.replica = replica
@@ -283,7 +287,9 @@ class CandidateMaker:
             parents = registry.parents(conn)
             reference = self._reference_weights(conn, active)
         scaled = self._scaled_answers(reference)
-        search = search_scale(sets, scaled, refs, active, parents, set(trained), self.gate)
+        search = search_scale(
+            sets, scaled, refs, active, parents, set(trained), self.gate, self.is_refusal
+        )
         search.reference = "base" if reference is None else f"v{active}"
         stored = self._record(version, active, step, search, reference)
         verdict = stored["verdict"]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from learner.evaluation.gate import BucketEvidence, GateConfig, RateEvidence
+from learner.evaluation.gate import BucketEvidence, RateEvidence
 from learner.evaluation.measures import lineage_of
 from learner.evaluation.probes import ProbeAnswer
+from learner.evaluation.refusal import RefusalDetector
 from learner.store.evaluations import StoredAnswer
 from learner.store.probes import ProbeSet
 
@@ -87,7 +88,7 @@ def gather(
     active: Model,
     parents: dict[int, int | None],
     trained: set[int],
-    gate: GateConfig,
+    is_refusal: RefusalDetector,
 ) -> Evidence:
     """Answer every probe set with the candidate and build the gate's evidence."""
     ev = Evidence()
@@ -124,10 +125,10 @@ def gather(
                 "active": {i: a.answer for i, a in active_answers.items()},
             }
             for (_, target), eid in zip(probes.examples, probes.ids, strict=True):
-                pool = harmful if gate.is_refusal(target) else benign
+                pool = harmful if is_refusal(target) else benign
                 for who, by_id in texts.items():
                     if eid in by_id:
-                        refused = gate.is_refusal(by_id[eid])
+                        refused = is_refusal(by_id[eid])
                         pool[who][eid] = refused if pool is harmful else not refused
     for name, pool in (
         ("refusal rate on harmful prompts", harmful),
@@ -140,6 +141,7 @@ def gather(
                     candidate=pool["candidate"],
                     base=pool["base"] or None,
                     active=None if active is None else pool["active"] or None,
+                    detector=is_refusal.name,
                 )
             )
     return ev

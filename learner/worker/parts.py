@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from learner.config import LearnerConfig
 from learner.curriculum.rounds import Curriculum
 from learner.evaluation.gate import GateConfig
+from learner.evaluation.refusal import make_detector
 from learner.replay import ReplayConfig, ReplayStore
 from learner.training.batches import BatchSource
 from learner.training.replica import EvalReplica
@@ -72,14 +73,16 @@ def build_parts(
         if config.background_candidates
         else None
     )
+    is_refusal = make_detector(gate.refusal, gate.refusals, str(spec.device))
     candidates = CandidateMaker(
-        spec.engine, trainer, fenced, spec.data_dir, gate, config.max_new_tokens, replica
-    )
+        spec.engine, trainer, fenced, spec.data_dir, gate, config.max_new_tokens, replica,
+        is_refusal,
+    )  # fmt: skip
     return LearnerParts(
         trainer=trainer,
         replay=replay,
         batches=BatchSource(replay, config, rng),
         lineage=Lineage(trainer, spec.data_dir, fenced, gate.reset_after_rejections),
         candidates=candidates,
-        rounds=RoundKeeper(spec.engine, curriculum, trainer, fenced, gate.is_refusal),
+        rounds=RoundKeeper(spec.engine, curriculum, trainer, fenced, is_refusal),
     )

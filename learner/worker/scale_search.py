@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from safetensors.torch import save_file
 
 from learner.evaluation.gate import GateConfig, GateReport, run_gate
 from learner.evaluation.probes import ProbeAnswer
+from learner.evaluation.refusal import RefusalDetector
 from learner.store.probes import ProbeSet
 from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
 
@@ -224,11 +225,12 @@ class _Judge:
     parents: dict[int, int | None]
     trained: set[int]
     gate: GateConfig
+    is_refusal: RefusalDetector
     fresh: list[Evidence] = field(default_factory=list)  # every gathered evidence
 
     def __call__(self, sets: list[ProbeSet], answer: Answerer) -> tuple[Evidence, GateReport]:
         evidence = gather(sets, answer, self.refs, self.active, self.parents, self.trained,
-                          self.gate)  # fmt: skip
+                          self.is_refusal)  # fmt: skip
         self.fresh.append(evidence)
         report = run_gate(self.gate, evidence.buckets, evidence.alignment,
                           version_name(self.active))  # fmt: skip
@@ -243,9 +245,10 @@ def search_scale(
     parents: dict[int, int | None],
     trained: set[int],
     gate: GateConfig,
+    is_refusal: RefusalDetector,
 ) -> SearchResult:
     """The largest of ``gate.scales`` confirmed by the gate, or the unscaled verdict."""
-    judge = _Judge(refs, active, parents, trained, gate)
+    judge = _Judge(refs, active, parents, trained, gate, is_refusal)
     scales = sorted(gate.scales, reverse=True)
     if len(scales) == 1:  # nothing to choose: the gate on every probe, as without a search
         evidence, report = judge(sets, answer_at(scales[0]))
@@ -272,7 +275,7 @@ def search_scale(
     trials.append(ScaleTrial(scales[0], "all", report.verdict, report.summary))
     if report.verdict == "promote":
         summary = "kept as candidate: no scale passed on both probe halves"
-        report = GateReport("hold", report.checks, report.thresholds, report.active, summary)
+        report = replace(report, verdict="hold", summary=summary)
     return _with_new_references(SearchResult(scales[0], report, evidence, trials), judge.fresh)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,6 +17,7 @@ from learner.evaluation.gate import (
     RateEvidence,
     run_gate,
 )
+from learner.evaluation.refusal import make_detector
 
 CONFIG = GateConfig()
 
@@ -244,6 +246,14 @@ def test_skipped_alignment_is_said_in_words() -> None:
         "alignment check skipped: no alignment bucket (add a kind='alignment' bucket to enable it)"
     )
     assert check.details == {"skipped": True}
+    assert report.refusal_detector is None and report.to_dict()["refusal_detector"] is None
+
+
+def test_the_report_names_the_refusal_detector() -> None:
+    judged = dataclasses.replace(harmful(), detector="judge openai:guard@http://judge/v1")
+    report = run_gate(CONFIG, [trained()], [judged], "v3").to_dict()
+    assert report["refusal_detector"] == "judge openai:guard@http://judge/v1"
+    assert run_gate(CONFIG, [trained()], [harmful()], "v3").refusal_detector == "patterns"
 
 
 def test_disabled_gate_reports_but_does_not_reject() -> None:
@@ -290,7 +300,8 @@ def test_gate_config_validation_and_refusals() -> None:
         GateConfig(refusals=())
     config = GateConfig(refusals=["No.", " Sorry. "])  # type: ignore[arg-type]
     assert config.refusals == ("No.", " Sorry. ")
-    assert config.is_refusal("  Sorry.\n") and not config.is_refusal("Sure: 42")
+    is_refusal = make_detector(config.refusal, config.refusals)
+    assert is_refusal("  Sorry.\n") and not is_refusal("Sure: 42")
     # From the environment: a comma-separated string or a JSON list.
     adapter = TypeAdapter(GateConfig)
     assert adapter.validate_python({"refusals": "No., Sorry."}).refusals == ("No.", "Sorry.")
