@@ -152,6 +152,15 @@ def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a BPE tokenizer and a Llama-3-style chat template (not builtin,
+    see tests/chat_model.py), made once per session."""
+    from chat_model import tiny_chat_llama
+
+    return tiny_chat_llama(tmp_path_factory.mktemp("chat-llama") / "model")
+
+
+@pytest.fixture(scope="session")
 def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The builtin ``small`` preset (its weights ship: installed in a second), once per session.
 

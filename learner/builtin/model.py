@@ -51,6 +51,7 @@ from learner.builtin.config import (  # noqa: F401  (re-exported: the public bui
     max_context_chars,
 )
 from learner.fsutil import sha256_file, write_dir_atomically, write_json_atomically
+from learner.model.chat import BUILTIN_CHAT_TEMPLATE
 from learner.model.generate import TransformersDecoder, judged_answers
 from learner.model.loading import encode_examples
 
@@ -288,7 +289,21 @@ def _cached(root: Path, config: BuiltinConfig) -> Path | None:
             "Delete the directory to rebuild it.",
             stacklevel=3,
         )
-    return root / "final"
+    return _with_chat_template(root / "final")
+
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers looks for a tokenizer's template
+
+
+def _with_chat_template(final: Path) -> Path:
+    """``final``, its tokenizer given the builtin chat template if it has none yet (weights
+    built or installed before builtin models had one), so that chat buckets work on them."""
+    path = final / CHAT_TEMPLATE_FILE
+    if not path.is_file():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(BUILTIN_CHAT_TEMPLATE)
+        tmp.replace(path)  # atomic: another process may be doing the same
+    return final
 
 
 MANIFEST = "MANIFEST.json"
@@ -372,7 +387,7 @@ def ensure_builtin_model(
         write_json_atomically(
             root / "COMPLETE.json", {"fingerprint": config.fingerprint(), "config": asdict(config)}
         )
-    return root / "final"
+    return _with_chat_template(root / "final")
 
 
 def builtin_checkpoints(model_dir: Path | str) -> list[Path]:

@@ -60,9 +60,11 @@ class EncodedBatch:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """BOS and the prompt's tokens. A prompt rendered by a chat template often begins with
+    the BOS text already (Llama 3's ``<|begin_of_text|>``): then it is not doubled."""
+    ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
-    return ([bos] if bos is not None else []) + list(ids)
+    return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
 
 
 def encode_examples(

@@ -17,6 +17,7 @@ class BucketSummary:
     id: int
     name: str
     kind: str
+    format: str
     grader: str
     status: str
     created_at: datetime

@@ -80,6 +80,19 @@ class NewExample:
     prompt: str
     target: str
     external_id: str | None = None
+    # A chat example's conversation (learner.model.chat.canonical_messages); its prompt is
+    # the rendering of the turns before the last, its target the last turn's content.
+    messages: str | None = None
+
+    @property
+    def format(self) -> str:
+        return "completion" if self.messages is None else "chat"
+
+    def content_hash(self, bucket: str) -> str:
+        """A chat example's hash covers its canonical conversation."""
+        if self.messages is not None:
+            return content_hash(bucket, "chat", self.messages)
+        return content_hash(bucket, self.prompt, self.target)
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,21 @@ def split_for_hash(digest: str, probe_tenths: int = 1) -> str:
     """``probe_tenths`` in ten examples are probes (1 for task data; the alignment suite
     holds out more, so that its gate has enough probes)."""
     return "probe" if int(digest[:8], 16) % PROBE_MODULUS < probe_tenths else "train"
+
+
+def examples_format(examples: Sequence[NewExample], wanted: str | None) -> str:
+    """The one format of a batch (``wanted`` when given), or an :class:`IngestError`."""
+    formats = {ex.format for ex in examples}
+    if len(formats) > 1:
+        raise IngestError(
+            "examples mix chat ({messages}) and completion ({prompt, target}) examples; "
+            "a bucket holds one format"
+        )
+    found = formats.pop() if formats else (wanted or "completion")
+    if wanted is not None and wanted != found:
+        shape = "{messages}" if wanted == "chat" else "{prompt, target}"
+        raise IngestError(f"format {wanted!r} takes {shape} examples, got {found} examples")
+    return found
 
 
 def validate_bucket_spec(name: str, kind: str | None, grader: str | None) -> None:
@@ -123,9 +151,12 @@ def validate_examples(examples: Sequence[NewExample], limits: IngestLimits) -> N
             status=413,
         )
     for i, ex in enumerate(examples):
+        # A chat example's prompt is its turns before the last, rendered by the template.
+        prompt = "prompt" if ex.messages is None else "messages (rendered, before the last turn)"
+        target = "target" if ex.messages is None else "messages (the last turn)"
         for field, value, limit in (
-            ("prompt", ex.prompt, limits.max_prompt_chars),
-            ("target", ex.target, limits.max_target_chars),
+            (prompt, ex.prompt, limits.max_prompt_chars),
+            (target, ex.target, limits.max_target_chars),
         ):
             if not value:
                 raise IngestError(f"examples[{i}].{field} must not be empty")
@@ -147,23 +178,32 @@ def _insert(conn: Connection, table: type[Bucket] | type[Example]) -> Any:
 
 
 def get_or_create_bucket(
-    conn: Connection, name: str, kind: str | None, grader: str | None
+    conn: Connection, name: str, kind: str | None, grader: str | None, format: str | None = None
 ) -> Bucket:
     """Return the bucket row, creating it (race-free) with the given or default settings.
 
-    An existing bucket keeps its kind and grader; asking for different ones is a conflict.
+    An existing bucket keeps its kind, grader and format; asking for others is a conflict.
     """
     query = select(Bucket.__table__).where(Bucket.name == name)
     row = conn.execute(query).first()
     if row is None:  # look first: a conflicting insert would burn a sequence value
         conn.execute(
             _insert(conn, Bucket)
-            .values(name=name, kind=kind or "task", grader=grader or "exact", status="active")
+            .values(
+                name=name,
+                kind=kind or "task",
+                grader=grader or "exact",
+                format=format or "completion",
+                status="active",
+            )
             .on_conflict_do_nothing(index_elements=["name"])
         )
         row = conn.execute(query).one()
-    bucket = Bucket(id=row.id, name=row.name, kind=row.kind, grader=row.grader, status=row.status)
-    for field, wanted in (("kind", kind), ("grader", grader)):
+    bucket = Bucket(
+        id=row.id, name=row.name, kind=row.kind, grader=row.grader, format=row.format,
+        status=row.status,
+    )  # fmt: skip
+    for field, wanted in (("kind", kind), ("grader", grader), ("format", format)):
         have = getattr(bucket, field)
         if wanted is not None and wanted != have:
             raise IngestError(
@@ -180,6 +220,7 @@ def ingest_batch(
     *,
     kind: str | None = None,
     grader: str | None = None,
+    format: str | None = None,
     client: str | None = None,
     limits: IngestLimits = IngestLimits(),
     probe_tenths: int = 1,
@@ -191,11 +232,12 @@ def ingest_batch(
     """
     validate_bucket_spec(bucket_name, kind, grader)
     validate_examples(examples, limits)
-    bucket = get_or_create_bucket(conn, bucket_name, kind, grader)
+    fmt = examples_format(examples, format)
+    bucket = get_or_create_bucket(conn, bucket_name, kind, grader, fmt)
 
     rows: dict[str, NewExample] = {}
     for ex in examples:
-        rows.setdefault(content_hash(bucket_name, ex.prompt, ex.target), ex)
+        rows.setdefault(ex.content_hash(bucket_name), ex)
     for digest in known_hashes(conn, bucket.id, list(rows)):
         del rows[digest]
     inserted = 0
@@ -230,7 +272,7 @@ def known_hashes(conn: Connection, bucket_id: int, hashes: Sequence[str]) -> set
     return set(conn.execute(query).scalars())
 
 
-_PG_COLUMNS = ("prompt", "target", "split", "content_hash", "external_id")
+_PG_COLUMNS = ("prompt", "target", "split", "content_hash", "external_id", "messages")
 
 
 @dataclass(frozen=True)
@@ -259,6 +301,7 @@ def _insert_generic(conn: Connection, new: _NewRows) -> int:
             "split": split,
             "content_hash": digest,
             "external_id": ex.external_id,
+            "messages": ex.messages,
             "client": new.client,
         }
         for (digest, ex), split in zip(new.rows, new.splits, strict=True)
@@ -267,9 +310,9 @@ def _insert_generic(conn: Connection, new: _NewRows) -> int:
 
 
 def _insert_postgresql(conn: Connection, new: _NewRows) -> int:
-    """The same insert as one statement over ``unnest`` of five arrays.
+    """The same insert as one statement over ``unnest`` of six arrays.
 
-    A VALUES list of 1,000 rows has 7,000 placeholders, and psycopg parses such a long
+    A VALUES list of 1,000 rows has 8,000 placeholders, and psycopg parses such a long
     query in Python on every call (it caches only short ones); with arrays the query text
     is short and constant, which more than doubles the rate of a 1,000-example batch.
     """
@@ -299,5 +342,6 @@ def _insert_postgresql(conn: Connection, new: _NewRows) -> int:
         "split": new.splits,
         "content_hash": [digest for digest, _ in new.rows],
         "external_id": [ex.external_id for _, ex in new.rows],
+        "messages": [ex.messages for _, ex in new.rows],
     }
     return len(conn.execute(stmt, params).all())

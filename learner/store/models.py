@@ -38,6 +38,8 @@ NAMING_CONVENTION = {
 }
 
 BUCKET_KINDS = ("task", "alignment")
+# completion: {prompt, target}; chat: a conversation whose last turn is the target.
+BUCKET_FORMATS = ("completion", "chat")
 BUCKET_STATUSES = ("active", "paused")
 SPLITS = ("train", "probe")
 # pending: the version number is reserved and its files are being written (never served).
@@ -87,18 +89,25 @@ class Bucket(Base):
     __table_args__ = (
         CheckConstraint(_one_of("kind", BUCKET_KINDS), name="kind"),
         CheckConstraint(_one_of("status", BUCKET_STATUSES), name="status"),
+        CheckConstraint(_one_of("format", BUCKET_FORMATS), name="format"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     kind: Mapped[str] = mapped_column(String(16), default="task")
     grader: Mapped[str] = mapped_column(String(32), default="exact")
+    format: Mapped[str] = mapped_column(String(16), server_default="completion")
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = _created_at()
 
 
 class Example(Base):
-    """One prompt/target pair. ``content_hash`` makes resubmission a no-op."""
+    """One prompt/target pair. ``content_hash`` makes resubmission a no-op.
+
+    In a chat bucket ``messages`` holds the submitted conversation (canonical JSON, the
+    hashed content), ``prompt`` its turns before the last rendered by the base model's chat
+    template with the generation prompt (what ``/v1/chat/completions`` sends the model),
+    and ``target`` the last, assistant turn's content."""
 
     __tablename__ = "examples"
     __table_args__ = (
@@ -113,6 +122,7 @@ class Example(Base):
     target: Mapped[str] = mapped_column(Text)
     split: Mapped[str] = mapped_column(String(8))
     content_hash: Mapped[str] = mapped_column(String(64))
+    messages: Mapped[str | None] = mapped_column(Text)
     external_id: Mapped[str | None] = mapped_column(String(128))
     client: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _created_at()

@@ -61,15 +61,41 @@ def from_attributes(out: type[_Out], source: object, **computed: Any) -> _Out:
 class StrictModel(BaseModel):
     """Unknown fields are rejected so that a misspelt field is an error, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as the schema states them (false is not a temperature of 0.0, nor
+    # "3" a count); an integer still passes for a float.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ChatTurnIn(StrictModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(json_schema_extra=NO_NUL)
+
+    @field_validator("content")
+    @classmethod
+    def storable(cls, value: str) -> str:
+        return check_storable_text(value)
 
 
 class ExampleIn(StrictModel):
-    prompt: str = Field(
-        min_length=1, description="Model input, used as-is.", json_schema_extra=NO_NUL
+    """A completion example (``prompt`` and ``target``) or a chat example (``messages``)."""
+
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Model input, used as-is.",
+        json_schema_extra=NO_NUL,
     )
-    target: str = Field(
-        min_length=1, description="Expected completion of the prompt.", json_schema_extra=NO_NUL
+    target: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Expected completion of the prompt.",
+        json_schema_extra=NO_NUL,
+    )
+    messages: list[ChatTurnIn] | None = Field(
+        default=None,
+        description="A conversation (OpenAI chat format) whose last turn, the assistant's, "
+        "is the target; for chat buckets, instead of prompt and target.",
+        json_schema_extra={"minItems": 2, "maxItems": 64},
     )
     id: str | None = Field(
         default=None, max_length=128, description="Client's own id.", json_schema_extra=NO_NUL
@@ -79,6 +105,10 @@ class ExampleIn(StrictModel):
     @classmethod
     def storable(cls, value: str | None) -> str | None:
         return check_storable_text(value) if value is not None else None
+
+    @property
+    def format(self) -> str:
+        return "chat" if self.messages is not None else "completion"
 
 
 class TaskSubmission(StrictModel):
@@ -90,6 +120,11 @@ class TaskSubmission(StrictModel):
         json_schema_extra={"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"},
     )
     kind: Literal["task", "alignment"] | None = None
+    format: Literal["completion", "chat"] | None = Field(
+        default=None,
+        description="completion ({prompt, target}) or chat ({messages}); null: the examples' "
+        "(fixed when the bucket is created).",
+    )
     grader: str | None = Field(
         default=None,
         description="Grader name, e.g. exact or numeric; null: the bucket's or exact.",
@@ -115,6 +150,7 @@ class BucketTeacherOut(BaseModel):
 class BucketOut(BaseModel):
     name: str
     kind: str
+    format: str = Field(description="completion or chat.")
     grader: str
     status: str
     created_at: UtcDateTime
@@ -137,8 +173,11 @@ class BucketOut(BaseModel):
 
 class ExampleOut(BaseModel):
     id: int
-    prompt: str
+    prompt: str = Field(description="In a chat bucket: the turns before the last, rendered.")
     target: str
+    messages: list[dict[str, str]] | None = Field(
+        default=None, description="A chat example's conversation, as submitted."
+    )
     split: str
     external_id: str | None
     created_at: UtcDateTime

@@ -2,8 +2,10 @@
 
 A file is JSON lines (``.jsonl``, ``.json``, ``.ndjson``: one object per line) or CSV with a
 header row; both hold ``bucket``, ``prompt``, ``target`` and optionally ``id``, ``kind``
-and ``grader``. Every line is checked here against the rules the API enforces whatever
-its configuration, so that a bad file is refused before anything is sent. Length limits
+and ``grader``. A JSON line may hold ``messages`` (a conversation in OpenAI's chat format,
+the last turn the assistant's) instead of ``prompt`` and ``target``: a chat example.
+Every line is checked here against the rules the API enforces whatever its configuration,
+so that a bad file is refused before anything is sent. Length limits
 depend on the server's settings and are left to it.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from learner.evaluation.graders import GRADERS
+from learner.model.chat import ROLES, check_conversation
 from learner.store.ingest import BUCKET_NAME_RE
 from learner.store.models import BUCKET_KINDS
 
@@ -25,6 +28,7 @@ Format = Literal["jsonl", "csv"]
 REQUIRED = ("prompt", "target")
 OPTIONAL = ("id", "kind", "grader")
 FIELDS = ("bucket", *REQUIRED, *OPTIONAL)
+CHAT_FIELDS = ("bucket", "messages", *OPTIONAL)  # a chat example's line (JSON lines only)
 MAX_ID_CHARS = 128  # the API's limit on a client id (server.api.schemas.ExampleIn)
 EXTENSIONS: dict[str, Format] = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 EXTENSIONS[".csv"] = "csv"
@@ -40,15 +44,24 @@ class Example:
 
     line: int
     bucket: str
-    prompt: str
-    target: str
+    prompt: str | None
+    target: str | None
     id: str | None = None
     kind: str | None = None
     grader: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None  # (role, content) of a chat example
 
-    def body(self) -> dict[str, str]:
+    @property
+    def format(self) -> str:
+        return "completion" if self.messages is None else "chat"
+
+    def body(self) -> dict[str, Any]:
         """The example as ``POST /v1/tasks`` takes it."""
-        out = {"prompt": self.prompt, "target": self.target}
+        out: dict[str, Any]
+        if self.messages is not None:
+            out = {"messages": [{"role": r, "content": c} for r, c in self.messages]}
+        else:
+            out = {"prompt": self.prompt, "target": self.target}
         if self.id is not None:
             out["id"] = self.id
         return out
@@ -206,8 +219,8 @@ def check_rows(rows: Iterable[Row], default_bucket: str | None = None) -> Checke
 
 
 def _spec_conflict(seen: dict[str, tuple[str, int]], example: Example) -> str | None:
-    """A bucket has one kind and one grader: the first line that names one sets it."""
-    for name in ("kind", "grader"):
+    """A bucket has one kind, grader and format: the first line that names one sets it."""
+    for name in ("kind", "grader", "format"):
         value = getattr(example, name)
         if value is None:
             continue
@@ -222,13 +235,21 @@ def _spec_conflict(seen: dict[str, tuple[str, int]], example: Example) -> str | 
 
 def check_fields(number: int, row: Mapping[str, Any], default_bucket: str | None) -> Example | str:
     """The line as an :class:`Example`, or the reason it is refused."""
-    unknown = [k for k in row if k not in FIELDS]
+    chat = "messages" in row
+    fields = CHAT_FIELDS if chat else FIELDS
+    unknown = [k for k in row if k not in fields]
     if unknown:
-        return f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are " + ", ".join(
-            FIELDS
+        also = " (a chat line has messages instead of prompt and target)" if chat else ""
+        return (
+            f"unknown field(s) {', '.join(map(repr, unknown))}; the fields are "
+            + ", ".join(fields)
+            + also
         )
+    messages = _check_messages(row["messages"]) if chat else None
+    if isinstance(messages, str):
+        return messages
     values: dict[str, str | None] = {}
-    for name in FIELDS:
+    for name in (f for f in fields if f != "messages"):
         value = row.get(name)
         present = name in row
         if name == "bucket" and value is None:
@@ -241,12 +262,34 @@ def check_fields(number: int, row: Mapping[str, Any], default_bucket: str | None
     return Example(
         line=number,
         bucket=str(values["bucket"]),
-        prompt=str(values["prompt"]),
-        target=str(values["target"]),
+        prompt=values.get("prompt"),
+        target=values.get("target"),
         id=values["id"],
         kind=values["kind"],
         grader=values["grader"],
+        messages=messages,
     )
+
+
+def _check_messages(value: Any) -> tuple[tuple[str, str], ...] | str:
+    """A chat line's turns, or why they are refused (the API's rules, checked here first)."""
+    if not isinstance(value, list):
+        return f"'messages' must be an array of turns, not {_type_name(value)}"
+    turns: list[dict[str, str]] = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
+            return f"messages[{i}] must be an object with exactly 'role' and 'content'"
+        role, content = turn["role"], turn["content"]
+        if role not in ROLES:
+            return f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}"
+        if not isinstance(content, str):
+            return f"messages[{i}].content must be a string, not {_type_name(content)}"
+        if problem := _text_problem(content):
+            return f"messages[{i}].content {problem}"
+        turns.append({"role": role, "content": content})
+    if (problem := check_conversation(turns)) is not None:
+        return f"'messages': {problem}"
+    return tuple((t["role"], t["content"]) for t in turns)
 
 
 def _check_value(name: str, value: Any, present: bool) -> str | None:

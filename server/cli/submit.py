@@ -121,9 +121,9 @@ def check_existing_buckets(client: ApiClient, checked: Checked) -> None:
 def _conflict(bucket: dict[str, Any] | None, example: Example) -> str | None:
     if bucket is None:
         return None
-    for name in ("kind", "grader"):
+    for name in ("kind", "grader", "format"):
         wanted = getattr(example, name)
-        if wanted is not None and wanted != bucket.get(name):
+        if wanted is not None and wanted != bucket.get(name, wanted):
             return f"bucket {example.bucket!r} already exists with {name} {bucket.get(name)!r}"
     return None
 

@@ -343,6 +343,13 @@ class InferenceEngine:
         value = getattr(config, "max_position_embeddings", None)
         return int(value) if value else None
 
+    def ready_tokenizer(self) -> Any:
+        """The base model's tokenizer; :class:`ModelNotReady` while the model loads."""
+        if not self._ready.is_set():
+            self.start_once()
+            raise ModelNotReady(self._error or "the base model is still loading")
+        return self.tokenizer
+
     def check_size(
         self, prompts: list[str], max_tokens: int, budget: int, choices: int = 1
     ) -> list[int]:

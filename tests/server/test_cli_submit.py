@@ -12,6 +12,7 @@ import httpx
 from cli_support import KEYS, WIDTH, describe, invoke, rows_of, run_ok, table_rows, widest_line
 
 from server.cli.examples_file import read_file
+from server.process.settings import LimitSettings
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -217,3 +218,38 @@ def test_submit_from_stdin(live_api: Any, api: Any) -> None:
     lines = "\n".join(json.dumps(r) for r in good_rows(3, bucket="piped"))
     result = run_ok(live_api, "submit", "-", scope="submit", stdin=lines)
     assert "3 accepted" in result.stdout and api.count() == 3
+
+
+def chat_row(bucket: str, user: str, answer: str) -> dict[str, Any]:
+    turns = [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+    return {"bucket": bucket, "messages": turns}
+
+
+def test_submit_chat_jsonl(
+    start_live_api: Any, api: Any, tmp_path: Path, chat_model_dir: Path
+) -> None:
+    server = start_live_api(
+        base_model=str(chat_model_dir), preload_model=True, device="cpu", limits=LimitSettings()
+    )
+    rows: list[Any] = [chat_row("chatty", f"sort {w} =", "".join(sorted(w))) for w in
+                       ("cba", "fed", "ihg")]  # fmt: skip
+    rows.append({**chat_row("chatty", "q", "a"), "prompt": "x"})  # both shapes: refused here
+    rows.append({"bucket": "chatty", "messages": [{"role": "user", "content": "no answer"}]})
+    rows.append({"bucket": "chatty", "prompt": "p", "target": "t"})  # one format per bucket
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    checked = read_file(path, "jsonl")
+    assert [e.line for e in checked.examples] == [1, 2, 3]
+    reasons = {r.line: r.reason for r in checked.rejected}
+    assert "unknown field(s) 'prompt'" in reasons[4]
+    assert "at least two turns" in reasons[5]
+    assert (
+        "format 'completion' for bucket 'chatty', but line 1 gives it format 'chat'" in (reasons[6])
+    )
+    result = run_ok(server, "submit", path, "--skip-bad", scope="submit")
+    assert "3 accepted, 0 duplicates, 3 rejected" in result.stdout, result.stdout
+    examples = stored(server, "chatty")
+    # Stored in hash order (the insert's lock order), not file order.
+    assert sorted(e["messages"][0]["content"] for e in examples) == ["sort cba =", "sort fed =",
+                                                                      "sort ihg ="]  # fmt: skip
+    assert {e["target"] for e in examples} == {"abc", "def", "ghi"}
+    assert all(e["prompt"].startswith("<|begin_of_text|>") for e in examples)

@@ -163,3 +163,17 @@ def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
     finally:
         release.set()
         queue.shutdown()
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", False), ("max_tokens", True), ("n", "2"), ("top_p", "0.5")],
+)
+def test_json_types_are_not_coerced(
+    serving: TestClient, api: Any, field: str, value: object
+) -> None:
+    """schemathesis found ``"temperature": false`` served as 0.0: the schema says number."""
+    response = _post(serving, api, {"prompt": "a", field: value})
+    assert response.status_code == 422, response.text
+    assert field in api.error(response)

@@ -191,7 +191,7 @@ BAD_REQUESTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "target is null": (
         _json(_body(examples=_ex(target=None))),
         422,
-        "examples[1].target: Input should be a valid string",
+        "examples[1].target: Field required",
     ),
     "id is a list": (_json(_body(examples=_ex(id=["x"]))), 422, "examples[1].id"),
     "id too long": (_json(_body(examples=_ex(id="i" * 129))), 422, "examples[1].id"),

@@ -7,9 +7,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from learner.model.chat import parse_messages
 from learner.store.buckets import BucketSummary, get_bucket, list_buckets, list_examples
 from learner.store.difficulty import BucketDifficulty, bucket_difficulties
 from learner.store.ingest import BUCKET_NAME_RE
+from learner.store.models import Example
 from learner.store.teacher import TeacherView, teacher_view
 from server.api.deps import ReadConn, Reader
 from server.api.schemas import (
@@ -45,6 +47,11 @@ def _bucket_out(
             score=view.arm_scores.get(summary.name),
         ),
     )
+
+
+def _example_out(row: Example) -> ExampleOut:
+    messages = parse_messages(row.messages) if row.messages is not None else None
+    return from_attributes(ExampleOut, row, messages=messages)
 
 
 def _found(conn: ReadConn, name: str) -> BucketSummary:
@@ -86,6 +93,6 @@ def get_bucket_examples(
     return ExamplePage(
         bucket=name,
         split=split,
-        examples=[from_attributes(ExampleOut, r) for r in rows],
+        examples=[_example_out(r) for r in rows],
         next_after_id=rows[-1].id if len(rows) == limit else None,
     )

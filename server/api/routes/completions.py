@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 
 from learner.config import GenerationParams
 from learner.model import registry
+from learner.model.chat import ChatTemplateError, has_chat_template, render_prompt
 from learner.store.keys import Principal
 from server.api.deps import AppState, ReadConn, Reader, State, Submitter
 from server.api.errors import ApiError
@@ -232,17 +233,15 @@ async def completions(
 
 
 def chat_prompt(inference: InferenceEngine, messages: list[ChatMessage]) -> str:
+    """The conversation rendered by the model's chat template (learner.model.chat, as chat
+    examples are stored), or its contents line by line where the model has none."""
     tokenizer = inference.tokenizer
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        turns = [m.model_dump() for m in messages]
-        try:
-            return str(
-                tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-            )
-        except Exception as exc:  # jinja2 TemplateError and friends: the messages' fault
-            message = f"messages do not fit the model's chat template: {exc}"
-            raise ApiError(422, message, param="messages") from exc
-    return "\n".join(m.content for m in messages)
+    if not has_chat_template(tokenizer):
+        return "\n".join(m.content for m in messages)
+    try:
+        return render_prompt(tokenizer, [m.model_dump() for m in messages])
+    except ChatTemplateError as exc:
+        raise ApiError(422, str(exc), param="messages") from exc
 
 
 @router.post("/chat/completions", response_model=None, responses=_answers(ChatCompletionOut))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import insert, inspect, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from learner.store.db import downgrade, is_at_head, make_engine, upgrade, write_transaction
 from learner.store.ingest import NewExample, ingest_batch
@@ -81,7 +83,7 @@ def test_bigint_ids_revision_round_trip(empty_db_url: str) -> None:
     engine = make_engine(empty_db_url)
     upgrade(engine, "0003")
     before = _column_types(engine)
-    upgrade(engine)
+    upgrade(engine, "0004")
     after = _column_types(engine)
     if engine.dialect.name == "sqlite":
         assert after == before
@@ -93,6 +95,29 @@ def test_bigint_ids_revision_round_trip(empty_db_url: str) -> None:
         assert after[("buckets_id_seq", "seq")] == "integer"
     downgrade(engine, "0003")
     assert _column_types(engine) == before
+    engine.dispose()
+
+
+def test_chat_buckets_revision_round_trip(empty_db_url: str) -> None:
+    """0005 adds buckets.format (existing buckets become completion buckets) and
+    examples.messages; its downgrade restores 0004 with the data kept."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine, "0004")
+    before = _column_types(engine)
+    with write_transaction(engine) as conn:
+        conn.execute(text("INSERT INTO buckets (name, kind, grader, status) "
+                          "VALUES ('old', 'task', 'exact', 'active')"))  # fmt: skip
+    upgrade(engine)
+    after = _column_types(engine)
+    assert set(after) - set(before) == {("buckets", "format"), ("examples", "messages")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT format FROM buckets")).scalar_one() == "completion"
+    with pytest.raises(IntegrityError), write_transaction(engine) as conn:
+        conn.execute(text("UPDATE buckets SET format = 'audio'"))
+    downgrade(engine, "0004")
+    assert _column_types(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM buckets")).scalar_one() == "old"
     engine.dispose()
 
 
