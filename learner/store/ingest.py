@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,9 +114,10 @@ def split_for_hash(digest: str, probe_tenths: int = 1) -> str:
     return "probe" if int(digest[:8], 16) % PROBE_MODULUS < probe_tenths else "train"
 
 
-def examples_format(examples: Sequence[NewExample], wanted: str | None) -> str:
-    """The one format of a batch (``wanted`` when given), or an :class:`IngestError`."""
-    formats = {ex.format for ex in examples}
+def examples_format(formats: Iterable[str], wanted: str | None) -> str:
+    """The one format of a batch's examples (``wanted`` when given), or an
+    :class:`IngestError`."""
+    formats = set(formats)
     if len(formats) > 1:
         raise IngestError(
             "examples mix chat ({messages}) and completion ({prompt, target}) examples; "
@@ -232,7 +233,7 @@ def ingest_batch(
     """
     validate_bucket_spec(bucket_name, kind, grader)
     validate_examples(examples, limits)
-    fmt = examples_format(examples, format)
+    fmt = examples_format([ex.format for ex in examples], format)
     bucket = get_or_create_bucket(conn, bucket_name, kind, grader, fmt)
 
     rows: dict[str, NewExample] = {}

@@ -52,6 +52,15 @@ def fuzzed_server(
             },
         )
         try:
+            # Fuzz a ready service: chat tasks and completions answer 503 while the model
+            # loads (tested in tests/server), which schemathesis would count as a failure.
+            with server.client("admin") as http:
+                body = {"model": "base", "prompt": "a", "max_tokens": 1}
+                server.wait_for(
+                    lambda: http.post("/v1/completions", json=body).status_code == 200,
+                    60,
+                    "the model to load",
+                )
             yield server
         finally:
             server.stop()

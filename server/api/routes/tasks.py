@@ -13,7 +13,13 @@ from learner.model.chat import (
     check_conversation,
 )
 from learner.store.db import write_transaction
-from learner.store.ingest import IngestError, NewExample, ingest_batch
+from learner.store.ingest import (
+    IngestError,
+    NewExample,
+    examples_format,
+    ingest_batch,
+    validate_bucket_spec,
+)
 from server.api.deps import State, Submitter
 from server.api.errors import ApiError
 from server.api.schemas import API_ERRORS, ErrorOut, ExampleIn, TaskAccepted, TaskSubmission
@@ -42,7 +48,11 @@ def submit_tasks(
     Chat examples are rendered with the base model's chat template here, as
     ``/v1/chat/completions`` renders a conversation (a 503 while the model is loading).
     """
-    chat = any(e.messages is not None for e in body.examples)
+    # Everything that needs no model first: a bad batch is a 422 even while it loads.
+    validate_bucket_spec(body.bucket, body.kind, body.grader)
+    for i, example in enumerate(body.examples):
+        _check_shape(i, example)
+    chat = examples_format([e.format for e in body.examples], body.format) == "chat"
     tokenizer = _chat_tokenizer(state) if chat else None
     examples = [_new_example(i, e, tokenizer) for i, e in enumerate(body.examples)]
     with write_transaction(state.engine) as conn:
@@ -75,8 +85,8 @@ def _chat_tokenizer(state: Any) -> Any:
         raise ApiError(503, message, code="model_loading", headers={"Retry-After": "5"}) from exc
 
 
-def _new_example(index: int, example: ExampleIn, tokenizer: Any) -> NewExample:
-    """The example as stored; a 422 naming it when it is neither shape or does not render."""
+def _check_shape(index: int, example: ExampleIn) -> None:
+    """A 422 naming the example when it is neither shape or its conversation is not one."""
     where = f"examples[{index}]"
     if example.messages is None:
         if example.prompt is None or example.target is None:
@@ -85,14 +95,21 @@ def _new_example(index: int, example: ExampleIn, tokenizer: Any) -> NewExample:
                 f"{where}.{missing}: Field required (a completion example has prompt and "
                 "target, a chat example messages)"
             )
-        return NewExample(example.prompt, example.target, example.id)
+        return
     if example.prompt is not None or example.target is not None:
         raise IngestError(f"{where}: give either messages or prompt and target, not both")
-    turns = [m.model_dump() for m in example.messages]
-    if (problem := check_conversation(turns)) is not None:
+    if (problem := check_conversation([m.model_dump() for m in example.messages])) is not None:
         raise IngestError(f"{where}.messages: {problem}")
+
+
+def _new_example(index: int, example: ExampleIn, tokenizer: Any) -> NewExample:
+    """The example as stored (:func:`_check_shape` passed): a chat one rendered."""
+    if example.messages is None:
+        assert example.prompt is not None and example.target is not None
+        return NewExample(example.prompt, example.target, example.id)
+    turns = [m.model_dump() for m in example.messages]
     try:
         prompt, target = chat_example(tokenizer, turns)
     except ChatTemplateError as exc:
-        raise IngestError(f"{where}.messages: {exc}") from exc
+        raise IngestError(f"examples[{index}].messages: {exc}") from exc
     return NewExample(prompt, target, example.id, canonical_messages(turns))
