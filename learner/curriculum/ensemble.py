@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 from learner.builtin.model import builtin_checkpoints
 from learner.config import DifficultyConfig
 from learner.evaluation.graders import get_grader
-from learner.model.decoders import HttpDecoder, VllmDecoder
+from learner.model.decoders import OPENAI_PREFIX, HttpDecoder, VllmDecoder, parse_endpoint
 from learner.model.generate import Decoder, TransformersDecoder, judged_answers
 from learner.model.loading import load_base
 from learner.store.db import write_transaction
@@ -52,7 +52,6 @@ from learner.store.difficulty import (
 from teacher.irt import fit_irt, likelihood_responses
 
 log = logging.getLogger(__name__)
-OPENAI_PREFIX = "openai:"
 VLLM_PREFIX = "vllm:"  # a local model directory scored through vLLM (VllmMember)
 
 
@@ -144,14 +143,6 @@ class EnsembleContext:
     model_dir: Path
     device: torch.device
     max_length: int
-
-
-def parse_endpoint(spec: str) -> tuple[str, str]:
-    """``openai:<model>@<base url>`` -> (model, base url)."""
-    model, sep, url = spec.removeprefix(OPENAI_PREFIX).partition("@")
-    if not (model and sep and url.startswith(("http://", "https://"))):
-        raise ValueError(f"ensemble member {spec!r}: expected openai:<model>@<http(s) base url>")
-    return model, url
 
 
 def build_members(config: DifficultyConfig, ctx: EnsembleContext) -> list[Member]:

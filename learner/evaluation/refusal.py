@@ -28,12 +28,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BeforeValidator
 
 from learner.config import GenerationParams
-from learner.model.generate import Decoder
+
+if TYPE_CHECKING:  # the decoders pull in torch; the pattern detector (the default) does not
+    from learner.model.generate import Decoder
 from learner.validation import at_least, validate
 
 log = logging.getLogger(__name__)
@@ -195,8 +197,7 @@ def make_detector(
 def _judge_opener(config: RefusalConfig, device: str) -> Callable[[], Decoder]:
     # Imported here: the endpoint and local decoders pull in httpx and model loading,
     # which the pattern detector (the default) does not need.
-    from learner.curriculum.ensemble import OPENAI_PREFIX, parse_endpoint
-    from learner.model.decoders import HttpDecoder
+    from learner.model.decoders import OPENAI_PREFIX, HttpDecoder, parse_endpoint
 
     spec = config.judge or ""
     if spec.startswith(OPENAI_PREFIX):

@@ -110,6 +110,17 @@ class VllmDecoder:
 # --- an OpenAI-compatible endpoint ---------------------------------------------------------
 
 
+OPENAI_PREFIX = "openai:"  # a model behind an OpenAI-compatible endpoint: openai:<model>@<url>
+
+
+def parse_endpoint(spec: str) -> tuple[str, str]:
+    """``openai:<model>@<base url>`` -> (model, base url)."""
+    model, sep, url = spec.removeprefix(OPENAI_PREFIX).partition("@")
+    if not (model and sep and url.startswith(("http://", "https://"))):
+        raise ValueError(f"{spec!r}: expected openai:<model>@<http(s) base url>")
+    return model, url
+
+
 def retry_after_seconds(header: str | None) -> float:
     """Seconds to wait: the header's delay in seconds (an HTTP date counts as 1 s), at most 5."""
     try:

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Integer, cast, func, insert, select
 
-from learner.store.models import ANSWER_CHARS, Bucket, Evaluation, ProbeResult
+from learner.store.models import ANSWER_CHARS, Bucket, Evaluation, ProbeResult, storable
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def record_results(
                     "example_id": eid,
                     "bucket_id": bucket_id,
                     "correct": correct,
-                    "answer": text[:ANSWER_CHARS],
+                    "answer": storable(text)[:ANSWER_CHARS],
                     "at_step": step,
                 }
                 for eid, correct, text in new

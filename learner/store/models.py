@@ -50,6 +50,13 @@ REGISTRY_ACTIONS = ("promote", "rollback", "force", "reset")
 KEY_SCOPES = ("read", "submit", "admin")
 ANSWER_CHARS = 200  # stored length of a probe answer
 
+
+def storable(text: str) -> str:
+    """Model output as every database stores it: without NUL characters (PostgreSQL's text
+    refuses them; a byte-level BPE model can emit one) and with lone surrogates replaced."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 # Ids of the tables that grow without bound (examples, and the logs appended to by the
 # learner and by requests), and the columns that refer to them: 64-bit on PostgreSQL, where
 # a 32-bit sequence runs out (every conflicting ``INSERT ... ON CONFLICT DO NOTHING`` burns

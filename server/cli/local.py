@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, Literal
 
@@ -21,17 +22,27 @@ from server.process.settings import Settings
 Scope = Literal["read", "submit", "admin"]  # learner.store.models.KEY_SCOPES
 
 
-def ensure_suite(settings: Settings, engine: Engine) -> None:
-    """The builtin model's alignment suite, created at the first start of a builtin base."""
-    from learner.builtin.config import builtin_mix, is_builtin_model
+def ensure_suite(settings: Settings, engine: Engine, model_dir: Path | None = None) -> None:
+    """The alignment suite, created at first start (Settings.suite_kind): the builtin one
+    by whichever process starts first; the general one by the learner (``model_dir``: the
+    base model, which answers it)."""
+    from learner.builtin.config import builtin_mix
     from learner.builtin.families import FOUNDATION_MIX
     from learner.builtin.suites import ensure_alignment_suite
+    from learner.evaluation.general_suite import ensure_general_suite
     from learner.store.db import setup_lock
 
-    if settings.alignment_suite and is_builtin_model(settings.base_model):
+    kind = settings.suite_kind()
+    if kind == "builtin":
         mix = builtin_mix(settings.base_model) or FOUNDATION_MIX  # what the base learned
         with setup_lock(engine):  # a server and its learner start together
             ensure_alignment_suite(engine, mix=mix)
+    elif kind == "general" and model_dir is not None:
+        with setup_lock(engine):
+            ensure_general_suite(
+                engine, model_dir, settings.base_model, settings.data_dir,
+                settings.learner.device, settings.general_suite_answer_tokens,
+            )  # fmt: skip
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -181,6 +192,7 @@ def learner(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, exit_now)
         model_dir = resolve_base_model(settings.base_model, settings.data_dir)
+        ensure_suite(settings, engine, model_dir)  # the general suite needs the model
         # Rank 0 of a torchrun group trains through a DistributedTrainer (one process: the
         # Learner's own Trainer, and nothing passed).
         factory = None if context is None else context.trainer_factory()

@@ -7,16 +7,24 @@ dataclasses that each component takes (for example :class:`learner.store.ingest.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from learner.builtin.config import BUILTIN_PREFIX, DEFAULT_PRESET
+from learner.builtin.config import BUILTIN_PREFIX, DEFAULT_PRESET, is_builtin_model
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
 from learner.evaluation.gate import GateConfig
 from learner.replay.config import ReplayConfig
 from learner.store.ingest import IngestLimits
+
+SuiteMode = Literal["auto", "builtin", "general", "off"]
+
+
+def _suite_mode(value: Any) -> Any:
+    """``true``/``false`` (the setting's earlier, boolean form) mean auto/off."""
+    text = str(value).strip().lower()
+    return {"true": "auto", "1": "auto", "false": "off", "0": "off"}.get(text, value)
 
 
 class LimitSettings(BaseModel):
@@ -100,9 +108,21 @@ class Settings(BaseSettings):
     teacher: TeacherConfig = TeacherConfig()
     difficulty: DifficultyConfig = DifficultyConfig()
     gate: GateConfig = GateConfig()
-    # With a builtin base model, create its alignment suite (alignment-l1..l3) at first
-    # start; the gate's alignment check needs it.
-    alignment_suite: bool = True
+    # The alignment suite created at first start (the gate's alignment check needs one):
+    # auto: a builtin base gets its builtin suites (alignment-l1.., foundation-*), any
+    # other model the general suite (learner.evaluation.general_suite, answered by the base
+    # model itself); builtin or general: that one; off: none. true/false: auto/off.
+    alignment_suite: Annotated[SuiteMode, BeforeValidator(_suite_mode)] = "auto"
+    # Tokens of each base-model answer that becomes a general-suite target.
+    general_suite_answer_tokens: int = Field(default=64, ge=1)
+
+    def suite_kind(self) -> Literal["builtin", "general"] | None:
+        """Which alignment suite this base model gets (None: none)."""
+        if self.alignment_suite == "off":
+            return None
+        if self.alignment_suite == "auto":
+            return "builtin" if is_builtin_model(self.base_model) else "general"
+        return self.alignment_suite
 
     def resolved_database_url(self) -> str:
         """The configured URL, or a SQLite file inside the data directory."""

@@ -19,8 +19,8 @@ from learner.curriculum.ensemble import (
     EnsembleContext,
     LocalMember,
     build_members,
-    parse_endpoint,
 )
+from learner.model.decoders import parse_endpoint
 from learner.store.db import write_transaction
 from learner.store.difficulty import pending_examples
 from learner.store.ingest import NewExample, ingest_batch
