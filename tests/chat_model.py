@@ -28,13 +28,15 @@ LLAMA3_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 
-# Plain-text turn markers for a character-level tokenizer (the builtin models'): every
-# character is a token already, so no new special tokens (and no new embeddings) are needed.
+# For a character-level tokenizer (the builtin models'): plain text, no new special tokens
+# (and no new embeddings). A user turn is its content as it is, so that a one-turn chat of a
+# builtin family's prompt is the prompt the weights were trained on: the model can learn a
+# chat bucket within a test's budget. A system turn is bracketed on a line of its own.
 TEXT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}\n"
-    "{% else %}{{ message['role'] }}: {{ message['content'] }}\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
+    "{% if message['role'] == 'system' %}[{{ message['content'] }}]\n"
+    "{% elif message['role'] == 'user' %}{{ message['content'] }}"
+    "{% else %}{{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
 )
 
 

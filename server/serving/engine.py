@@ -343,10 +343,12 @@ class InferenceEngine:
         value = getattr(config, "max_position_embeddings", None)
         return int(value) if value else None
 
-    def ready_tokenizer(self) -> Any:
-        """The base model's tokenizer; :class:`ModelNotReady` while the model loads."""
-        if not self._ready.is_set():
-            self.start_once()
+    def ready_tokenizer(self, wait: float = 30.0) -> Any:
+        """The base model's tokenizer, waiting up to ``wait`` seconds for the model to load
+        (a client that submits right after the start should not have to retry);
+        :class:`ModelNotReady` after that."""
+        self.start_once()
+        if not self._ready.wait(wait) or self.tokenizer is None:
             raise ModelNotReady(self._error or "the base model is still loading")
         return self.tokenizer
 
