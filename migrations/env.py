@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from learner.store.db import make_engine
 from learner.store.models import Base
@@ -43,11 +43,41 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    """Switch SQLite's foreign key enforcement, outside any transaction (inside one the
+    pragma is a no-op): on the raw connection, before SQLAlchemy's "begin" hook runs."""
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
+
+
 def run_migrations_online() -> None:
     with _engine().connect() as connection:
-        _configure(connection=connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        # Batch mode rebuilds a SQLite table (copy, drop, rename). With foreign keys
+        # enforced, dropping the old table acts as a delete with ON DELETE CASCADE: a
+        # rebuild of buckets emptied examples and everything that refers to them. Off
+        # during the migration (as SQLite's ALTER TABLE documentation prescribes), then
+        # checked and on again.
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(connection, on=False)
+        try:
+            _configure(connection=connection)
+            with context.begin_transaction():
+                context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"the migration broke foreign keys: {broken[:5]}")
+            if connection.in_transaction():  # autobegun by configure(): end it first,
+                connection.commit()  # or the pragma below would be a no-op inside it
+        finally:
+            if sqlite:
+                if connection.in_transaction():
+                    connection.rollback()  # a failed migration: nothing of it is kept
+                _sqlite_foreign_keys(connection, on=True)
 
 
 if context.is_offline_mode():

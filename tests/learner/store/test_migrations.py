@@ -107,7 +107,21 @@ def test_chat_buckets_revision_round_trip(empty_db_url: str) -> None:
     with write_transaction(engine) as conn:
         conn.execute(text("INSERT INTO buckets (name, kind, grader, status) "
                           "VALUES ('old', 'task', 'exact', 'active')"))  # fmt: skip
+        conn.execute(text("INSERT INTO examples (bucket_id, prompt, target, split, content_hash)"
+                          " VALUES (1, 'p', 't', 'train', 'h')"))  # fmt: skip
+        conn.execute(insert(ReplayState).values(example_id=1, priority=1.0, times_sampled=0))
+
+    def rows() -> tuple[int, int, int]:
+        with engine.connect() as conn:
+            return tuple(  # type: ignore[return-value]
+                conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in ("buckets", "examples", "replay_state")
+            )
+
+    # SQLite rebuilds buckets for the new check: with foreign keys on, the rebuild's drop
+    # cascaded and emptied examples and replay_state (found in review).
     upgrade(engine)
+    assert rows() == (1, 1, 1)
     after = _column_types(engine)
     assert set(after) - set(before) == {("buckets", "format"), ("examples", "messages")}
     with engine.connect() as conn:
@@ -116,8 +130,11 @@ def test_chat_buckets_revision_round_trip(empty_db_url: str) -> None:
         conn.execute(text("UPDATE buckets SET format = 'audio'"))
     downgrade(engine, "0004")
     assert _column_types(engine) == before
+    assert rows() == (1, 1, 1)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT name FROM buckets")).scalar_one() == "old"
+        if engine.dialect.name == "sqlite":  # enforced again after the migrations
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
 
 
