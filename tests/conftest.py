@@ -173,16 +173,8 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
 
 
-# The suite's longest test (about 270 s, a learner training to a teacher rest), first: under
-# pytest-xdist it then runs beside the rest instead of alone at the end. Measured: the suite
-# used 570 CPU-seconds in 690 s of wall time on 2 cores, its last 4.5 minutes this test alone.
-RUN_FIRST = ("tests/e2e/test_teacher_focus.py",)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest tests first (``RUN_FIRST``); skip tests marked ``gpu`` when no CUDA device
-    is present (CI has none)."""
-    items.sort(key=lambda item: not item.nodeid.startswith(RUN_FIRST))  # stable otherwise
+    """Skip tests marked ``gpu`` when no CUDA device is present (CI has none)."""
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
