@@ -89,7 +89,12 @@ class GateConfig:
             raise ValueError("GateConfig.refusals must be non-empty answers (at least one)")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The thresholds as stored in gate reports and provenance: the judge's API key is
+        never written (reports are readable with any read key)."""
+        data = asdict(self)
+        if data["refusal"]["judge_api_key"]:
+            data["refusal"]["judge_api_key"] = "(set)"
+        return data
 
 
 @dataclass(frozen=True)

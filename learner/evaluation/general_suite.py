@@ -37,7 +37,7 @@ from learner.config import GenerationParams
 from learner.fsutil import write_json_atomically
 from learner.model.chat import canonical_messages, has_chat_template, render_prompt
 from learner.store.buckets import bucket_names
-from learner.store.db import write_transaction
+from learner.store.db import setup_lock, write_transaction
 from learner.store.ingest import NewExample, ingest_batch
 from learner.store.models import storable
 
@@ -73,6 +73,9 @@ class SuiteAnswers:
     prompts: list[str]  # as the model saw them (chat template rendered, where it has one)
     answers: list[str]
     chat: bool
+    # Whether each answer ended by itself (not cut at max_new_tokens): only those become
+    # replay anchors, which are trained with an EOS after them.
+    finished: list[bool] | None = None
 
 
 def answer_suite(
@@ -90,35 +93,43 @@ def answer_suite(
     decoder = TransformersDecoder(model, tokenizer)
     params = GenerationParams(max_new_tokens=max_new_tokens)
     answers: list[str] = []
+    finished: list[bool] = []
     for start in range(0, len(prompts), batch_size):
         batch = decoder.decode(prompts[start : start + batch_size], params)
         answers += [storable(g.text) for g in batch]
-    return SuiteAnswers(list(items), prompts, answers, chat)
+        finished += [g.finish != "length" for g in batch]
+    return SuiteAnswers(list(items), prompts, answers, chat, finished)
 
 
 def store_suite(engine: Engine, answered: SuiteAnswers) -> dict[str, int]:
-    """The two buckets of the suite with the answers as targets; examples per bucket.
+    """The two buckets of the suite with the answers as targets, in one transaction;
+    examples per bucket.
 
     An empty answer cannot be a target (nor says anything about refusing): it is left out.
+    An answer cut at the token cap is a probe only (judged on whether it refuses): as an
+    anchor it would teach the model to stop mid-sentence.
     """
+    finished = answered.finished or [True] * len(answered.items)
     stored: dict[str, int] = {}
-    for label, bucket in BUCKETS.items():
-        rows = []
-        for item, prompt, answer in zip(
-            answered.items, answered.prompts, answered.answers, strict=True
-        ):
-            if item.label != label or not answer.strip():
-                continue
-            turns = [{"role": "user", "content": item.prompt},
-                     {"role": "assistant", "content": answer.strip()}]  # fmt: skip
-            messages = canonical_messages(turns) if answered.chat else None
-            rows.append(NewExample(prompt, answer.strip(), item.id, messages))
-        with write_transaction(engine) as conn:
-            result = ingest_batch(
-                conn, bucket, rows, kind="alignment", grader=GRADER, client="general-suite",
-                probe_tenths=PROBE_TENTHS,
-            )  # fmt: skip
-        stored[bucket] = result.accepted
+    with write_transaction(engine) as conn:
+        for label, bucket in BUCKETS.items():
+            rows: dict[bool, list[NewExample]] = {True: [], False: []}
+            for item, prompt, answer, ended in zip(
+                answered.items, answered.prompts, answered.answers, finished, strict=True
+            ):
+                if item.label != label or not answer.strip():
+                    continue
+                turns = [{"role": "user", "content": item.prompt},
+                         {"role": "assistant", "content": answer.strip()}]  # fmt: skip
+                messages = canonical_messages(turns) if answered.chat else None
+                rows[ended].append(NewExample(prompt, answer.strip(), item.id, messages))
+            stored[bucket] = 0
+            for ended, batch in rows.items():
+                if batch:
+                    stored[bucket] += ingest_batch(
+                        conn, bucket, batch, kind="alignment", grader=GRADER,
+                        client="general-suite", probe_tenths=PROBE_TENTHS if ended else 10,
+                    ).accepted  # fmt: skip
     return stored
 
 
@@ -131,10 +142,10 @@ def ensure_general_suite(
     max_new_tokens: int = 64,
 ) -> list[str]:
     """Create the suite's buckets from the base model's answers, unless they exist; returns
-    the names created. Loads the base model for the time it takes."""
-    with engine.connect() as conn:
-        if set(BUCKETS.values()) <= bucket_names(conn):
-            return []
+    the names created. Loads the base model for the time it takes, outside the setup lock
+    (which migrations and other processes' starts wait for); stores under it."""
+    if _exists(engine):
+        return []
     import torch
 
     from learner.model.loading import load_base, pick_device
@@ -145,7 +156,10 @@ def ensure_general_suite(
     with torch.no_grad():
         answered = answer_suite(model.eval(), tokenizer, items, max_new_tokens)
     del model
-    stored = store_suite(engine, answered)
+    with setup_lock(engine):  # another learner may have stored it meanwhile
+        if _exists(engine):
+            return []
+        stored = store_suite(engine, answered)
     provenance = {
         "suite": SUITE_FILE.name,
         "suite_sha256": hashlib.sha256(SUITE_FILE.read_bytes()).hexdigest(),
@@ -155,6 +169,7 @@ def ensure_general_suite(
         "chat_template": answered.chat,
         "examples": stored,
         "empty_answers_left_out": sum(not a.strip() for a in answered.answers),
+        "cut_answers_probes_only": sum(not f for f in answered.finished or []),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (data_dir / "suites").mkdir(parents=True, exist_ok=True)
@@ -164,3 +179,8 @@ def ensure_general_suite(
         base_model, time.monotonic() - started, stored,
     )  # fmt: skip
     return list(stored)
+
+
+def _exists(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        return set(BUCKETS.values()) <= bucket_names(conn)

@@ -13,11 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from learner.evaluation.gate import BucketEvidence, RateEvidence
+from learner.evaluation.general_suite import BUCKETS as GENERAL_SUITE
 from learner.evaluation.measures import lineage_of
 from learner.evaluation.probes import ProbeAnswer
 from learner.evaluation.refusal import RefusalDetector
 from learner.store.evaluations import StoredAnswer
 from learner.store.probes import ProbeSet
+
+# A general-suite bucket -> the label of its requests (harmful | benign).
+LABEL_OF_BUCKET = {bucket: label for label, bucket in GENERAL_SUITE.items()}
 
 # Answers a model gives to a probe set (the candidate, the active version or the base).
 Answerer = Callable[[ProbeSet], list[ProbeAnswer]]
@@ -124,8 +128,12 @@ def gather(
                 "base": {i: a.answer for i, a in base_answers.items()},
                 "active": {i: a.answer for i, a in active_answers.items()},
             }
+            label = LABEL_OF_BUCKET.get(probes.bucket)
             for (_, target), eid in zip(probes.examples, probes.ids, strict=True):
-                pool = harmful if is_refusal(target) else benign
+                # The general suite's buckets say what each request is; elsewhere a
+                # refusal as the target marks a harmful request.
+                refuse = label == "harmful" if label is not None else is_refusal(target)
+                pool = harmful if refuse else benign
                 for who, by_id in texts.items():
                     if eid in by_id:
                         refused = is_refusal(by_id[eid])

@@ -61,7 +61,7 @@ def candidate_provenance(
         "lora": _json_safe_lora(parts.trainer.lora.to_dict()),
         "learner": spec.config.to_dict(),
         "replay": asdict(spec.replay),
-        "gate": asdict(spec.gate),
+        "gate": spec.gate.to_dict(),
         "teacher_policy": policy,
     }
 

@@ -22,7 +22,9 @@ from server.process.settings import Settings
 Scope = Literal["read", "submit", "admin"]  # learner.store.models.KEY_SCOPES
 
 
-def ensure_suite(settings: Settings, engine: Engine, model_dir: Path | None = None) -> None:
+def ensure_suite(
+    settings: Settings, engine: Engine, model_dir: Path | None = None, device: str = "cpu"
+) -> None:
     """The alignment suite, created at first start (Settings.suite_kind): the builtin one
     by whichever process starts first; the general one by the learner (``model_dir``: the
     base model, which answers it)."""
@@ -37,12 +39,11 @@ def ensure_suite(settings: Settings, engine: Engine, model_dir: Path | None = No
         mix = builtin_mix(settings.base_model) or FOUNDATION_MIX  # what the base learned
         with setup_lock(engine):  # a server and its learner start together
             ensure_alignment_suite(engine, mix=mix)
-    elif kind == "general" and model_dir is not None:
-        with setup_lock(engine):
-            ensure_general_suite(
-                engine, model_dir, settings.base_model, settings.data_dir,
-                settings.learner.device, settings.general_suite_answer_tokens,
-            )  # fmt: skip
+    elif kind == "general" and model_dir is not None:  # takes the setup lock to store
+        ensure_general_suite(
+            engine, model_dir, settings.base_model, settings.data_dir, device,
+            settings.general_suite_answer_tokens,
+        )  # fmt: skip
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def learner(
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, exit_now)
         model_dir = resolve_base_model(settings.base_model, settings.data_dir)
-        ensure_suite(settings, engine, model_dir)  # the general suite needs the model
+        ensure_suite(settings, engine, model_dir, config.device)  # the general one: the model
         # Rank 0 of a torchrun group trains through a DistributedTrainer (one process: the
         # Learner's own Trainer, and nothing passed).
         factory = None if context is None else context.trainer_factory()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -112,3 +113,15 @@ def test_settings_choose_the_suite(tmp_path: Path, small_model_dir: str) -> None
     assert kind(base_model=str(tmp_path), alignment_suite="false") is None
     assert kind(alignment_suite="true") == "builtin"
     assert kind(alignment_suite="general") == "general"
+
+
+def test_cut_answers_are_probes_only(engine: Engine) -> None:
+    """An answer cut at the token cap would teach the model to stop mid-sentence."""
+    answered = _answered({"harmful": "I can't help with that.", "benign": "Sure, first you"})
+    answered = dataclasses.replace(answered, finished=[i % 2 == 0 for i in range(432)])
+    store_suite(engine, answered)
+    with engine.connect() as conn:
+        bucket = next(b for b in list_buckets(conn) if b.name == BUCKETS["benign"])
+        train = list_examples(conn, bucket.id, "train", 1000)
+    cut = {item.id for n, item in enumerate(answered.items) if n % 2}
+    assert train and not {e.external_id for e in train} & cut
