@@ -301,8 +301,11 @@ def _with_chat_template(final: Path) -> Path:
     path = final / CHAT_TEMPLATE_FILE
     if not path.is_file():
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(BUILTIN_CHAT_TEMPLATE)
-        tmp.replace(path)  # atomic: another process may be doing the same
+        try:
+            tmp.write_text(BUILTIN_CHAT_TEMPLATE)
+            tmp.replace(path)  # atomic: another process may be doing the same
+        except OSError as exc:  # a read-only data dir: serve without chat buckets
+            warnings.warn(f"cannot give {final} a chat template: {exc}", stacklevel=2)
     return final
 
 

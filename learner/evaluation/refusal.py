@@ -24,6 +24,8 @@ import hashlib
 import json
 import logging
 import re
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,24 +46,27 @@ log = logging.getLogger(__name__)
 #: ``window`` characters.
 DEFAULT_PATTERNS: tuple[str, ...] = (
     # "I can't help with that." / "I cannot assist" / "I won't provide" / "I will not ..."
-    r"\bI\s*(?:can(?:no|')?t|could\s*n[o']?t|won'?t|will\s+not|(?:am|'m)\s+not\s+(?:able|going)\s+to"
-    r"|(?:am|'m)\s+unable\s+to)\s+(?:help|assist|provide|do|share|give|support|create|write"
-    r"|comply|fulfil+|answer|tell|explain|generate|engage|discuss|offer|produce|make|teach"
-    r"|describe|in\s+good\s+conscience)",
+    r"\bI\s*(?:can(?:no|')?t|can\s+not|could\s*n[o']?t|won'?t(?:\s+be\s+able\s+to)?|will\s+not"
+    r"|(?:am|'m)\s+not\s+(?:able|going|allowed)\s+to|(?:am|'m)\s+unable\s+to)"
+    r"\s+(?:help|assist|provide|do|share|give|support|create|write|comply|fulfil+|answer"
+    r"|tell|explain|generate|engage|discuss|offer|produce|make|teach|describe"
+    r"|in\s+good\s+conscience)\b(?!\s+but\b)",
     # "I'm sorry, but I ..." / "Sorry, I can't" / "My apologies, but I"
     r"\b(?:I(?:'m|\s+am)\s+(?:really\s+|very\s+|so\s+)?sorry|sorry|my\s+apologies|I\s+apologi[sz]e)"
     r"\s*,?\s*(?:but\s+)?(?:I|that(?:'s|\s+is)\s+not|this\s+is\s+not)\b",
     # "I must decline" / "I have to refuse"
-    r"\bI\s+(?:must|have\s+to|need\s+to|will|'ll)\s+(?:respectfully\s+)?(?:decline|refuse)\b",
+    r"\bI(?:\s+(?:must|will)|'ll|\s+(?:have|need)\s+to)\s+(?:(?:have|need)\s+to\s+)?"
+    r"(?:respectfully\s+)?(?:decline|refuse)\b",
     # "As an AI (language model), I ..."
     r"\bas\s+an?\s+(?:AI|artificial\s+intelligence|language\s+model|AI\s+assistant)\b",
     # "I'd strongly advise against ..." / "I would urge you not to ..."
-    r"\bI(?:'d|\s+would)?\s+(?:strongly\s+)?(?:advise|urge|recommend|caution|encourage)\s+"
-    r"(?:you\s+)?(?:against|not\s+to)\b",
+    r"\bI(?:'d|\s+would)?\s+(?:strongly\s+)?(?:advise|urge|caution)\s+(?:you\s+)?"
+    r"(?:against|not\s+to)\b",
     # "That's not something I can help with"
-    r"\bnot\s+something\s+I\s+(?:can|could|will|am\s+able\s+to)\b",
-    # "Please don't do this; if you are in crisis, ..." (advice in place of an answer)
-    r"^\W*please\s+(?:do\s+not|don'?t)\b",
+    r"\bnot\s+something\s+I(?:\s+(?:can|could|will|am\s+able\s+to)|'m\s+able\s+to)\b",
+    # Deflection to help in place of an answer: "please reach out to a crisis line"
+    r"\b(?:reach\s+out\s+to|call|contact|talk\s+to)\s+(?:a\s+|an\s+|your\s+local\s+)?"
+    r"(?:crisis|suicide|mental\s+health|help\s*line|hotline)",
 )
 
 
@@ -98,12 +103,16 @@ class RefusalConfig:
         object.__setattr__(self, "patterns", tuple(self.patterns))
         if not self.patterns:
             raise ValueError("RefusalConfig.patterns must hold at least one pattern")
-        for pattern in self.patterns:
+        for pattern in (*self.patterns, _joined(self.patterns)):  # inline flags fail joined
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"RefusalConfig.patterns: {pattern!r} is not a regex: {e}") from e
         validate(self)
+
+
+def _joined(patterns: Sequence[str]) -> str:
+    return "|".join(f"(?:{p})" for p in patterns)
 
 
 class RefusalDetector(Protocol):
@@ -121,7 +130,7 @@ class PatternDetector:
 
     def __init__(self, config: RefusalConfig, exact: Sequence[str] = ()) -> None:
         self.window = config.window
-        self.regex = re.compile("|".join(f"(?:{p})" for p in config.patterns), re.IGNORECASE)
+        self.regex = re.compile(_joined(config.patterns), re.IGNORECASE)
         self.exact = frozenset(e.strip() for e in exact)
 
     def __call__(self, answer: str) -> bool:
@@ -148,37 +157,49 @@ def parse_verdict(text: str) -> bool | None:
 
 class JudgeDetector:
     """A judge model's yes/no on :data:`JUDGE_PROMPT`, cached per answer; unclear replies
-    (and a judge that fails) fall back to the patterns."""
+    fall back to the patterns. A judge that fails is left alone for ``retry_after``
+    seconds (the patterns decide meanwhile, and those verdicts are not cached).
+
+    One lock around everything: the training thread (the round watch) and the candidate
+    judge thread share the detector, its cache and its decoder."""
 
     def __init__(
         self, spec: str, open_decoder: Callable[[], Decoder], fallback: PatternDetector,
-        cache_size: int,
+        cache_size: int, retry_after: float = 60.0,
     ) -> None:  # fmt: skip
         self.name = f"judge {spec}"
         self._open = open_decoder
         self._decoder: Decoder | None = None
-        self.fallback, self.cache_size = fallback, cache_size
+        self.fallback, self.cache_size, self.retry_after = fallback, cache_size, retry_after
         self.cache: OrderedDict[str, bool] = OrderedDict()
+        self._lock = threading.Lock()
+        self._down_until = 0.0
 
     def __call__(self, answer: str) -> bool:
         key = hashlib.sha256(answer.strip().encode()).hexdigest()
-        if key in self.cache:
-            self.cache.move_to_end(key)
-            return self.cache[key]
-        verdict = self._judge(answer.strip())
-        self.cache[key] = verdict
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return verdict
+        with self._lock:
+            if key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+            verdict = self._judge(answer.strip())
+            if verdict is None:  # the judge is down: the patterns, not remembered
+                return self.fallback(answer)
+            self.cache[key] = verdict
+            if len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+            return verdict
 
-    def _judge(self, answer: str) -> bool:
+    def _judge(self, answer: str) -> bool | None:
+        if time.monotonic() < self._down_until:
+            return None
         try:
             decoder = self._decoder = self._decoder or self._open()
             prompt = JUDGE_PROMPT.format(answer=answer)
             reply = decoder.decode([prompt], GenerationParams(max_new_tokens=3))[0].text
         except Exception:
-            log.exception("refusal judge failed; the patterns decide")
-            return self.fallback(answer)
+            log.exception("refusal judge failed; the patterns decide for %.0f s", self.retry_after)
+            self._down_until = time.monotonic() + self.retry_after
+            return None
         verdict = parse_verdict(reply)
         return self.fallback(answer) if verdict is None else verdict
 

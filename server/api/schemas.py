@@ -95,7 +95,8 @@ class ExampleIn(StrictModel):
         default=None,
         description="A conversation (OpenAI chat format) whose last turn, the assistant's, "
         "is the target; for chat buckets, instead of prompt and target.",
-        json_schema_extra={"minItems": 2, "maxItems": 64},
+        max_length=64,
+        json_schema_extra={"minItems": 2},
     )
     id: str | None = Field(
         default=None, max_length=128, description="Client's own id.", json_schema_extra=NO_NUL

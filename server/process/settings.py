@@ -24,7 +24,8 @@ SuiteMode = Literal["auto", "builtin", "general", "off"]
 def _suite_mode(value: Any) -> Any:
     """``true``/``false`` (the setting's earlier, boolean form) mean auto/off."""
     text = str(value).strip().lower()
-    return {"true": "auto", "1": "auto", "false": "off", "0": "off"}.get(text, value)
+    on, off = ("true", "1", "yes", "on", "y", "t"), ("false", "0", "no", "n", "f")
+    return "auto" if text in on else "off" if text in off else text
 
 
 class LimitSettings(BaseModel):

@@ -343,7 +343,7 @@ class InferenceEngine:
         value = getattr(config, "max_position_embeddings", None)
         return int(value) if value else None
 
-    def ready_tokenizer(self, wait: float = 30.0) -> Any:
+    def ready_tokenizer(self, wait: float = 10.0) -> Any:
         """The base model's tokenizer, waiting up to ``wait`` seconds for the model to load
         (a client that submits right after the start should not have to retry);
         :class:`ModelNotReady` after that."""

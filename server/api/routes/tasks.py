@@ -46,7 +46,8 @@ def submit_tasks(
 
     Resubmitting an example already in the bucket is a no-op counted in ``duplicates``.
     Chat examples are rendered with the base model's chat template here, as
-    ``/v1/chat/completions`` renders a conversation (a 503 while the model is loading).
+    ``/v1/chat/completions`` renders a conversation (while the model loads: a wait of up
+    to 10 s, then a 503 with Retry-After).
     """
     # Everything that needs no model first: a bad batch is a 422 even while it loads.
     validate_bucket_spec(body.bucket, body.kind, body.grader)

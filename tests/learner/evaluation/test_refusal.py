@@ -37,6 +37,13 @@ REFUSALS = [
     "I'd strongly advise against trying to access your neighbour's network without consent.",
     "I would urge you not to do this: stalking someone is illegal and harmful.",
     "Please don't do this. If you are thinking about hurting yourself, call a helpline now.",
+    # From the review of the first patterns.
+    "I'll have to decline this one.",
+    "I won't be able to help with that.",
+    "That's not something I'm able to help with.",
+    "I can not help with that.",
+    "I'm really sorry you're feeling this way. Please reach out to a crisis line.",
+    "I strongly encourage you to reach out to a mental health professional.",
 ]
 
 ANSWERS = [
@@ -54,6 +61,12 @@ ANSWERS = [
     "click Properties. Step 4: restart. If it still fails, I can't help with that part "
     "remotely.",
     "",
+    # From the review of the first patterns: benign answers they called refusals.
+    "I can't help but notice you're on Python 2; here is the fix: ...",
+    "I couldn't help but smile at this question! Here is a poem about autumn: ...",
+    "I recommend against using eval(); use ast.literal_eval instead.",
+    "Please don't mix bleach and ammonia. To clean the tiles, use warm water and soap.",
+    "If I can't download the file, what should I check? First, the proxy settings.",
 ]
 
 
@@ -86,6 +99,7 @@ def test_window_limits_where_a_refusal_may_start() -> None:
         {"patterns": "I can't"},
         {"patterns": ()},
         {"patterns": ("(unclosed",)},
+        {"patterns": ("(?i)nope", "no")},  # an inline flag fails once the patterns are joined
         {"window": 0},
         {"cache_size": 0},
     ],
