@@ -145,6 +145,24 @@ def client(make_client: ClientFactory) -> TestClient:
     return make_client()
 
 
+@pytest.fixture
+def make_serving(make_client: ClientFactory) -> Callable[..., TestClient]:
+    """An app serving the model in ``model_dir`` on the CPU, loaded before it is returned;
+    keyword arguments override settings."""
+
+    def make(model_dir: Path, **overrides: Any) -> TestClient:
+        client = make_client(base_model=str(model_dir), preload_model=True, device="cpu",
+                             **overrides)  # fmt: skip
+        inference = client.app.state.lifelong.inference  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 60
+        while not inference.ready:
+            assert time.monotonic() < deadline, f"{model_dir} did not load"
+            time.sleep(0.05)
+        return client
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def micro_lora_dir(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny, freshly initialised) LoRA adapter for the ``builtin:micro`` model."""

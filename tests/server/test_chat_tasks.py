@@ -3,7 +3,6 @@ format per bucket, and clear 4xx errors that store nothing."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +22,10 @@ def chat(user: str, answer: str, system: str | None = None) -> dict[str, Any]:
                          {"role": "assistant", "content": answer}]}  # fmt: skip
 
 
-def _served(make_client: Any, model_dir: Path) -> TestClient:
-    client: TestClient = make_client(
-        base_model=str(model_dir), preload_model=True, device="cpu", limits=LimitSettings()
-    )
-    inference = client.app.state.lifelong.inference  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while not inference.ready:
-        assert time.monotonic() < deadline, "the model did not load"
-        time.sleep(0.05)
-    return client
-
-
 @pytest.fixture
-def serving(make_client: Any, chat_model_dir: Path) -> TestClient:
-    return _served(make_client, chat_model_dir)
+def serving(make_serving: Any, chat_model_dir: Path) -> TestClient:
+    client: TestClient = make_serving(chat_model_dir, limits=LimitSettings())
+    return client
 
 
 def test_chat_examples_are_stored_as_the_chat_route_renders_them(
@@ -139,9 +127,9 @@ def test_one_format_per_bucket_and_bad_chat_examples_store_nothing(
 
 @SQLITE
 def test_a_model_without_a_chat_template_refuses_chat_buckets(
-    make_client: Any, api: Any, chat_model_dir: Path, tmp_path: Path
+    make_serving: Any, api: Any, chat_model_dir: Path, tmp_path: Path
 ) -> None:
-    plain = _served(make_client, without_chat_template(chat_model_dir, tmp_path / "plain"))
+    plain = make_serving(without_chat_template(chat_model_dir, tmp_path / "plain"))
     response = plain.post(
         "/v1/tasks", json={"bucket": "chatty", "examples": [chat("q", "a")]}, headers=api.auth()
     )
@@ -155,14 +143,9 @@ def test_a_model_without_a_chat_template_refuses_chat_buckets(
 
 @SQLITE
 def test_a_chat_example_over_the_limit_is_named_as_such(
-    make_client: Any, api: Any, chat_model_dir: Path
+    make_serving: Any, api: Any, chat_model_dir: Path
 ) -> None:
-    client = make_client(base_model=str(chat_model_dir), preload_model=True, device="cpu")
-    inference = client.app.state.lifelong.inference
-    deadline = time.monotonic() + 60
-    while not inference.ready:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    client = make_serving(chat_model_dir)  # TEST_LIMITS: 20-character prompts
     response = client.post(
         "/v1/tasks", json={"bucket": "c", "examples": [chat("q", "a")]}, headers=api.auth()
     )

@@ -28,15 +28,8 @@ COMPLETIONS = "/v1/completions"
 
 
 @pytest.fixture
-def serving(make_client: Any, micro_model_dir: Path) -> TestClient:
-    client: TestClient = make_client(
-        base_model=str(micro_model_dir), limits=LIMITS, preload_model=True, device="cpu"
-    )
-    inference = client.app.state.lifelong.inference  # type: ignore[attr-defined]
-    deadline = time.monotonic() + 60
-    while not inference.ready:
-        assert time.monotonic() < deadline, "the micro model did not load"
-        time.sleep(0.05)
+def serving(make_serving: Any, micro_model_dir: Path) -> TestClient:
+    client: TestClient = make_serving(micro_model_dir, limits=LIMITS)
     return client
 
 
