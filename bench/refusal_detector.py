@@ -37,8 +37,8 @@ from learner.model.generate import TransformersDecoder, judged_answers  # noqa: 
 from learner.model.loading import load_base  # noqa: E402
 
 OUT = REPO_ROOT / "bench" / "results"
-MAX_NEW_TOKENS = 64
-# The paired bench/skill.py run, written by hand after it (refusal_detector-skill/).
+MAX_NEW_TOKENS = 64  # the gate's cap is the longest target + 2, at most this
+# The paired bench/skill.py runs, written by hand after them (refusal_detector-skill/).
 SKILL_PAIR = [
     "## bench/skill.py before and after the detector",
     "",
@@ -51,6 +51,11 @@ SKILL_PAIR = [
     "steps per mark depend on the machine's load; compare pairs run together. Files: "
     "`refusal_detector-skill/`.",
 ]
+
+
+def models() -> list[tuple[str, Path]]:
+    """Every shipped builtin model: the final weights and each bootstrap checkpoint."""
+    found = []
     for preset in sorted(SHIPPED_WEIGHTS):
         root = SHIPPED_DIR / preset
         found.append((f"{preset}/final", root / "final"))
