@@ -33,7 +33,8 @@ run: $(STAMP)
 
 # Two pytest-xdist workers: most slow tests wait on servers and subprocesses, so two
 # share this machine's 2 cores well (10.5 minutes against 26 in one process on 2026-12-03;
-# 12.5 minutes on 2026-12-07, when the machine ran about 2.5x slower).
+# 12.5 minutes on 2026-12-07, when the machine ran about 2.5x slower; 11.3 minutes later
+# that day with 920 tests on a faster one).
 # worksteal: an idle worker takes queued tests from a busy one, so the long end-to-end
 # tests do not pile up at the end of one worker's queue.
 TEST_WORKERS ?= 2
