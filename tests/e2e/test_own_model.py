@@ -11,13 +11,14 @@ the general suite's alignment rates, judged by the refusal detector (not "skippe
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from chat_model import chat_copy
-from helpers import LOOP_ENV, probe_examples, promoted, submit
+from helpers import LOOP_ENV, probe_examples, promoted
 
 from learner.builtin.families import make_examples
 from learner.evaluation.general_suite import BUCKETS
@@ -41,6 +42,20 @@ def chat_examples(n: int, seed: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def submit_chat(http: Any, bucket: str, examples: list[dict[str, Any]]) -> None:
+    """``POST /v1/tasks`` as a client should: a chat batch needs the model's chat template,
+    so while the model loads (more than the server's 10 s wait under a busy CI) the answer
+    is 503 with Retry-After, and the client retries."""
+    deadline = time.monotonic() + 120
+    while True:
+        response = http.post("/v1/tasks", json={"bucket": bucket, "examples": examples})
+        if response.status_code != 503 or time.monotonic() > deadline:
+            break
+        assert response.json()["error"]["code"] == "model_loading", response.text
+        time.sleep(float(response.headers["retry-after"]))
+    assert response.status_code == 202, response.text
+
+
 def right(client: openai.OpenAI, model: str, probes: list[dict[str, Any]]) -> int:
     """Held-out chat probes the model answers exactly, through chat completions."""
     hits = 0
@@ -62,7 +77,7 @@ def test_a_chat_bucket_trains_an_own_model_and_the_general_suite_gates_it(
         env={**ENV, "LIFELONG_BASE_MODEL": str(model_dir)},
     )
     with server.client("admin", timeout=120) as http:
-        submit(http, BUCKET, chat_examples(400, seed=7))  # after the start
+        submit_chat(http, BUCKET, chat_examples(400, seed=7))  # after the start
         active = server.wait_for(
             lambda: promoted(http, min_step=240), 480, "a promoted version", interval=2
         )
