@@ -111,6 +111,10 @@ class ExampleIn(StrictModel):
     def format(self) -> str:
         return "chat" if self.messages is not None else "completion"
 
+    def turns(self) -> list[dict[str, str]]:
+        """The conversation as ``[{"role", "content"}, ...]`` (empty for completions)."""
+        return [m.model_dump() for m in self.messages or []]
+
 
 class TaskSubmission(StrictModel):
     # The rules below are checked by learner.store.ingest (with messages that say what to

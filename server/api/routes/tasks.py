@@ -99,7 +99,7 @@ def _check_shape(index: int, example: ExampleIn) -> None:
         return
     if example.prompt is not None or example.target is not None:
         raise IngestError(f"{where}: give either messages or prompt and target, not both")
-    if (problem := check_conversation([m.model_dump() for m in example.messages])) is not None:
+    if (problem := check_conversation(example.turns())) is not None:
         raise IngestError(f"{where}.messages: {problem}")
 
 
@@ -108,7 +108,7 @@ def _new_example(index: int, example: ExampleIn, tokenizer: Any) -> NewExample:
     if example.messages is None:
         assert example.prompt is not None and example.target is not None
         return NewExample(example.prompt, example.target, example.id)
-    turns = [m.model_dump() for m in example.messages]
+    turns = example.turns()
     try:
         prompt, target = chat_example(tokenizer, turns)
     except ChatTemplateError as exc:
