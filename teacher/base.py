@@ -92,26 +92,28 @@ class Policy:
         accuracy: float | None = None,
         loss: float | None = None,
         heldout_loss: float | None = None,
+        round_end: bool = True,
     ) -> float | None:
         """Turn a probe accuracy and/or training loss into a progress reward and learn from it.
 
         Accuracy-based progress wins when both are given. ``heldout_loss`` (the probes'
         mean target loss, measured with the accuracy) is extra evidence of progress that
-        only some policies use. Returns the reward, or None while there is too little
+        only some policies use. ``round_end`` False marks a re-evaluation outside the arm's
+        rounds (at a candidate). Returns the reward, or None while there is too little
         history to measure progress.
         """
         reward = None
         if loss is not None:
             reward = abs(self.loss.observe(arm, loss))
         if accuracy is not None:
-            acc_reward = self._accuracy_reward(arm, accuracy, heldout_loss)
+            acc_reward = self._accuracy_reward(arm, accuracy, heldout_loss, round_end)
             reward = acc_reward if acc_reward is not None else reward
         if reward is not None:
             self.update(arm, reward)
         return reward
 
     def _accuracy_reward(
-        self, arm: str, accuracy: float, heldout_loss: float | None = None
+        self, arm: str, accuracy: float, heldout_loss: float | None, round_end: bool
     ) -> float | None:
         return self.probe.observe(arm, accuracy)
 

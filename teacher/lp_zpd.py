@@ -3,8 +3,11 @@ cold start.
 
 - Progress of an arm is |slope| of a linear fit to its last probe accuracies (TSCL "window",
   Matiisen et al. 2017), absolute so that forgetting also attracts attention (ALP, Portelas
-  et al. 2019). A fit over several evaluations is far less noisy than a two-point difference,
-  which keeps unlearnable (noise) arms from looking like progress.
+  et al. 2019), plus ``loss_weight`` times the relative fall per evaluation of its held-out
+  target loss (Theil-Sen over the same window, ``teacher.progress.loss_trend``; loss-based
+  progress as in Graves et al. 2017). Accuracy moves in steps of 1/probes and sits at zero
+  while a bucket is being learned; the loss falls smoothly from the first rounds, so a
+  learning arm outranks a noise arm (whose loss levels off) long before accuracy moves.
 - Score: discounted / sliding-window UCB, mean + c * sqrt(log N / n).
 - An arm with fewer than 2 evaluations is scored cold_bonus + p(1-p), p = sigmoid(theta - b):
   TSCL's forced exploration, ordered by predicted learnability (most informative near
@@ -44,14 +47,16 @@ class LpZpdConfig(PolicyConfig):
     cold_bonus: float = 1.0  # lifts arms without progress history above every warm arm
     # Optimistic progress per evaluation assumed of an arm within its patience budget.
     prior_progress: float = 0.1
+    # Weight of the held-out loss's relative fall per evaluation in the progress reward.
+    loss_weight: float = 1.0
     stall: StallConfig = field(default_factory=StallConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.stall, dict):  # from JSON settings (LIFELONG_TEACHER__OPTIONS)
             self.stall = StallConfig(**self.stall)
-        if self.prior_progress < 0:
-            raise ValueError("prior_progress must be >= 0")
+        if self.prior_progress < 0 or self.loss_weight < 0:
+            raise ValueError("prior_progress and loss_weight must be >= 0")
         if self.c < 0 or self.window < 1 or not 0.0 < self.gamma <= 1.0:
             raise ValueError("need c >= 0, window >= 1, 0 < gamma <= 1")
         if self.slope_window < 2 or self.flat_tol < 0 or self.cold_bonus < 0:
@@ -80,6 +85,8 @@ class LpZpd(Policy):
         self.difficulty: dict[str, float] = {}
         self.theta: float | None = None
         self.stalls = StallTracker(self.config.stall)
+        # Mastered arms that got new data since their last round: judged again (cold).
+        self.unsettled: set[str] = set()
 
     def set_difficulty(self, arm: str, b: float) -> None:
         """Bucket difficulty b (mean IRT difficulty of its items)."""
@@ -87,8 +94,17 @@ class LpZpd(Policy):
         self.stalls.note_difficulty(arm, float(b))
 
     def note_size(self, arm: str, train_examples: int) -> bool:
-        """New data may make a stalled arm learnable: True when it woke the arm up."""
-        return self.stalls.note_size(arm, train_examples)
+        """New data may make a stalled arm learnable, and may hold what a mastered arm does
+        not know yet: True when it woke such an arm up (a mastered one is judged again by a
+        round, as if it were new)."""
+        stalled = self.stalls.is_stalled(arm)
+        mastered = self.is_mastered(arm)
+        if not self.stalls.note_size(arm, train_examples):
+            return False
+        if mastered:
+            self.unsettled.add(arm)
+            self.stalls.woken[arm] = f"new data in a mastered bucket: {train_examples} examples"
+        return stalled or mastered
 
     def wake(self, arm: str, why: str) -> None:
         self.stalls.wake(arm, why)
@@ -107,17 +123,30 @@ class LpZpd(Policy):
         self.rewards.add(arm, self.t, reward)
 
     def _accuracy_reward(
-        self, arm: str, accuracy: float, heldout_loss: float | None = None
+        self, arm: str, accuracy: float, heldout_loss: float | None, round_end: bool
     ) -> float | None:
         self.probe.observe(arm, accuracy)
-        self.stalls.observe(arm, accuracy, self._p(arm), self.config.mastery, heldout_loss)
+        self.stalls.observe(
+            arm, accuracy, self._p(arm), self.config.mastery, heldout_loss, round_end
+        )
+        if round_end:
+            self.unsettled.discard(arm)
         slope = self.slopes.observe(arm, self.slopes.next_step(arm), accuracy)
-        return abs(slope) if self.slopes.count(arm) >= 2 else None
+        if self.slopes.count(arm) < 2:
+            return None
+        return abs(slope) + self.config.loss_weight * self.loss_progress(arm)
+
+    def loss_progress(self, arm: str) -> float:
+        """Relative fall per round-end evaluation of the arm's held-out loss (0 if unknown)."""
+        trend = self.stalls.trend(arm, self.config.slope_window)
+        return 0.0 if trend is None else trend.progress
 
     def is_cold(self, arm: str) -> bool:
-        return self.slopes.count(arm) < 2
+        return self.slopes.count(arm) < 2 or arm in self.unsettled
 
     def is_mastered(self, arm: str) -> bool:
+        if arm in self.unsettled:
+            return False
         last = self.probe.last(arm)
         if last is None or last < self.config.mastery:
             return False
@@ -130,7 +159,7 @@ class LpZpd(Policy):
         n, mean = self.rewards.stats(arm, self.t)
         if n == 0:  # rewards aged out of the window: fall back on the current progress
             mean = abs(self.slopes.slope(arm))
-        evaluated = len(self.stalls.since.get(arm, ()))
+        evaluated = self.stalls.evaluated(arm)
         budget = self.stalls.patience(self._p(arm))
         if evaluated < budget:  # thin evidence: shrink towards the optimistic prior
             # The prior is largest in the zone of proximal development (p near 0.5): an
@@ -183,6 +212,7 @@ class LpZpd(Policy):
             "difficulty": dict(self.difficulty),
             "theta": self.theta,
             "stalls": self.stalls.state_dict(),
+            "unsettled": sorted(self.unsettled),
         }
 
     def _load_extra(self, state: dict[str, Any]) -> None:
@@ -192,3 +222,4 @@ class LpZpd(Policy):
         self.theta = None if state["theta"] is None else float(state["theta"])
         if "stalls" in state:  # states saved before stalls existed start without them
             self.stalls.load_state_dict(state["stalls"])
+        self.unsettled = set(state.get("unsettled", []))

@@ -4,14 +4,21 @@ Learning-progress bandits have a blind spot on real streams: once the learnable 
 mastered, an arm that cannot be learned (random targets) is the only one left, and its
 tiny noisy progress wins every round. On the service that took 96% of the rounds for
 3,000 steps and made the lineage forget what it had learned. Here an arm that gained less
-than ``min_gain`` accuracy over its last ``patience`` evaluations, and whose held-out
-target loss (when the learner reports it) fell by less than ``min_loss_gain`` from the
-first half of those evaluations to the second, becomes *stalled*. The loss is there for
-slow starters: the exact-match accuracy of a bucket the model is slowly learning can sit
-near zero for many rounds while its targets become steadily likelier. Random targets
-become likelier too at first (the model learns their alphabet and length), so the loss
-alone cannot tell noise from slow learning; it only delays a stall until that early fall
-is out of the window. The stalled arm then:
+than ``min_gain`` accuracy over its last ``patience`` round-end evaluations, and whose
+held-out target loss (when the learner reports it) shows no falling trend over them,
+becomes *stalled*. The loss is there for slow learners: the exact-match accuracy of a
+bucket the model is slowly learning can sit near zero for many rounds while its targets
+become steadily likelier. "Falling" is a trend test, not a threshold on two numbers: the
+Theil-Sen slope of the log loss over the window must have its confidence interval below
+zero and fall by at least ``min_loss_slope`` per evaluation (``teacher.progress.
+loss_trend``). Random targets become likelier at first too (the model learns their
+alphabet and length), but that fall levels off within a few rounds, and a level series
+with noise has an interval that straddles zero; a slowly learnable bucket keeps falling.
+Only round-end evaluations count in these windows: a re-evaluation at a candidate
+measures another probe sample, at another time, and would make noise look like trend
+(it still wakes an arm that it shows forgotten). The windows keep only the evaluations
+the largest patience can use, so a service that runs for months holds a bounded state.
+The stalled arm then:
 
 - is no longer a focus; it is revisited with a chance ``explore / (1 + visits)`` per
   decision, which decays (the sum diverges, so a stalled arm is revisited forever, ever
@@ -39,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from teacher.progress import LossTrend, loss_trend
+
 
 @dataclass
 class StallConfig:
@@ -47,7 +56,11 @@ class StallConfig:
     min_rounds: int = 4  # evaluations any arm gets before it can stall
     slow_start_rounds: int = 6  # extra evaluations for an arm predicted hard
     min_gain: float = 0.05  # accuracy gain within the patience window that counts as progress
-    min_loss_gain: float = 0.05  # relative fall of the held-out loss that counts as progress
+    # A falling held-out loss counts as progress when its trend's interval is below zero
+    # and it falls by at least this much per evaluation (relative: log loss).
+    min_loss_slope: float = 0.01
+    loss_floor: float = 0.1  # added to the loss before the log (see loss_trend)
+    confidence: float = 0.9  # of the trend's interval
     explore: float = 0.2  # revisit chance of a stalled arm per decision, / (1 + visits)
     forget_drop: float = 0.1  # a drop from the best accuracy this large wakes an arm
     wake_growth: float = 0.1  # relative growth of an arm's train examples that wakes it
@@ -58,23 +71,17 @@ class StallConfig:
             raise ValueError("need min_rounds >= 2 and slow_start_rounds >= 0")
         if not 0.0 < self.min_gain <= 1.0 or not 0.0 <= self.explore <= 1.0:
             raise ValueError("need 0 < min_gain <= 1 and 0 <= explore <= 1")
-        if not 0.0 < self.min_loss_gain < 1.0:
-            raise ValueError("need 0 < min_loss_gain < 1")
+        if self.min_loss_slope <= 0 or self.loss_floor < 0:
+            raise ValueError("need min_loss_slope > 0 and loss_floor >= 0")
+        if not 0.5 < self.confidence < 1.0:
+            raise ValueError("need 0.5 < confidence < 1")
+
+    @property
+    def longest_window(self) -> int:
+        """The most evaluations any patience budget looks at: what a window keeps."""
+        return self.min_rounds + self.slow_start_rounds
         if self.forget_drop <= 0 or self.wake_growth <= 0 or self.wake_difficulty <= 0:
             raise ValueError("forget_drop, wake_growth and wake_difficulty must be > 0")
-
-
-def _loss_fall(losses: list[float]) -> float:
-    """Relative fall of the held-out loss from the first half of the window to the second.
-
-    Halves rather than first-to-best: one early drop (the model learning the targets'
-    alphabet, which random targets share) should not count as progress for the whole
-    window, and a single lucky evaluation should not either."""
-    if len(losses) < 2:
-        return 0.0
-    half = len(losses) // 2
-    first, second = np.mean(losses[:half]), np.mean(losses[half:])
-    return float((first - second) / first) if first > 0 else 0.0
 
 
 def predicted_accuracy(theta: float | None, b: float | None) -> float:
@@ -85,14 +92,17 @@ def predicted_accuracy(theta: float | None, b: float | None) -> float:
 
 
 class StallTracker:
-    """Per-arm accuracy since the arm's last (re)start, stalled arms and their wake-ups."""
+    """Per-arm round-end evaluations since the arm's last (re)start, stalled arms and their
+    wake-ups. Every per-arm list is trimmed to the longest window."""
 
     def __init__(self, config: StallConfig | None = None) -> None:
         self.config = config or StallConfig()
-        self.since: dict[str, list[float]] = {}  # accuracies since the last wake-up
-        self.losses: dict[str, list[float]] = {}  # held-out losses since the last wake-up
+        self.since: dict[str, list[float]] = {}  # recent accuracies since the last wake-up
+        self.losses: dict[str, list[float]] = {}  # recent held-out losses, likewise
+        self.counts: dict[str, int] = {}  # round-end evaluations since the last wake-up
         self.best: dict[str, float] = {}
         self.stalled: dict[str, str] = {}  # arm -> why it stalled
+        self.baseline: dict[str, float] = {}  # accuracy when it stalled: revisits beat it
         self.visits: dict[str, int] = {}  # revisits while stalled
         self.sizes: dict[str, int] = {}  # train examples at the last wake-up
         self.difficulty: dict[str, float] = {}  # b at the last wake-up
@@ -103,51 +113,84 @@ class StallTracker:
         cfg = self.config
         return cfg.min_rounds + math.ceil(cfg.slow_start_rounds * (1.0 - p))
 
+    def evaluated(self, arm: str) -> int:
+        """Round-end evaluations since the arm's last (re)start."""
+        return self.counts.get(arm, 0)
+
     def is_stalled(self, arm: str) -> bool:
         return arm in self.stalled
 
+    def trend(self, arm: str, last: int | None = None) -> LossTrend | None:
+        """The trend of the arm's recent held-out losses (the last ``last`` of them)."""
+        losses = self.losses.get(arm, [])
+        cfg = self.config
+        return loss_trend(losses[-last:] if last else losses, cfg.loss_floor, cfg.confidence)
+
     def observe(
-        self, arm: str, accuracy: float, p: float, mastery: float, loss: float | None = None
+        self,
+        arm: str,
+        accuracy: float,
+        p: float,
+        mastery: float,
+        loss: float | None = None,
+        round_end: bool = True,
     ) -> str | None:
         """Record an evaluation (accuracy, and the held-out loss when known); returns why
-        the arm stalled when it just did."""
+        the arm stalled when it just did. A re-evaluation (``round_end`` False) can show
+        forgetting but does not enter the windows."""
         cfg = self.config
         best = self.best.get(arm)
         if best is not None and accuracy <= best - cfg.forget_drop:
             self.wake(arm, f"forgetting: accuracy {accuracy:.2f}, best was {best:.2f}")
         self.best[arm] = accuracy if best is None else max(best, accuracy)
-        history = self.since.setdefault(arm, [])
-        history.append(float(accuracy))
-        if loss is not None:
-            self.losses.setdefault(arm, []).append(float(loss))
-        if arm in self.stalled:
-            if accuracy >= history[0] + cfg.min_gain:  # a revisit found progress
-                self.wake(arm, f"progress on a revisit: {history[0]:.2f} -> {accuracy:.2f}")
+        if not round_end:
             return None
+        if arm in self.stalled:
+            if accuracy >= self.baseline[arm] + cfg.min_gain:  # a revisit found progress
+                self.wake(arm, f"progress on a revisit: {self.baseline[arm]:.2f} -> {accuracy:.2f}")
+            return None
+        self._append(self.since, arm, accuracy)
+        if loss is not None:
+            self._append(self.losses, arm, loss)
+        self.counts[arm] = self.counts.get(arm, 0) + 1
         patience = self.patience(p)
-        window = history[-patience:]
-        if len(window) < patience or accuracy >= mastery:
+        window = self.since[arm][-patience:]
+        if self.counts[arm] < patience or accuracy >= mastery:
             return None
         gain = max(window) - window[0]
-        loss_gain = _loss_fall(self.losses.get(arm, [])[-patience:])
-        if self._progressed(gain, loss_gain):
+        trend = self.trend(arm, patience)
+        if self._progressed(gain, trend):
             return None
         why = (
             f"gained {gain:+.2f} accuracy (< {cfg.min_gain:.2f}) in {len(window)} evaluations, "
             f"accuracy {accuracy:.2f}"
         )
-        if len(self.losses.get(arm, [])) >= 2:
-            why += f", held-out loss {-loss_gain:+.1%} (a fall < {cfg.min_loss_gain:.0%})"
-        self.stalled[arm] = why
-        self.visits[arm] = 0
-        self.since[arm] = [float(accuracy)]  # a revisit is judged against this
-        self.losses.pop(arm, None)
+        if trend is not None:
+            why += (
+                f", held-out loss trend {trend.slope:+.1%} per evaluation "
+                f"({cfg.confidence:.0%} interval {trend.low:+.1%}..{trend.high:+.1%})"
+            )
+        self._stall(arm, why, accuracy)
         return why
 
-    def _progressed(self, accuracy_gain: float, loss_fall: float) -> bool:
-        """Whether a window's accuracy gain or held-out loss fall counts as progress."""
+    def _append(self, lists: dict[str, list[float]], arm: str, value: float) -> None:
+        values = lists.setdefault(arm, [])
+        values.append(float(value))
+        del values[: -self.config.longest_window]
+
+    def _stall(self, arm: str, why: str, accuracy: float) -> None:
+        self.stalled[arm] = why
+        self.baseline[arm] = float(accuracy)
+        self.visits[arm] = 0
+        for lists in (self.since, self.losses, self.counts):
+            lists.pop(arm, None)
+
+    def _progressed(self, accuracy_gain: float, trend: LossTrend | None) -> bool:
+        """Whether a window's accuracy gain or held-out loss trend counts as progress."""
         cfg = self.config
-        return accuracy_gain >= cfg.min_gain or loss_fall >= cfg.min_loss_gain
+        if accuracy_gain >= cfg.min_gain:
+            return True
+        return trend is not None and trend.falling and trend.progress >= cfg.min_loss_slope
 
     def restart_progressing(self, why: str) -> list[str]:
         """The model's weights were replaced (a reset to the active version, a rollback).
@@ -162,8 +205,7 @@ class StallTracker:
         for arm, history in list(self.since.items()):
             if arm in self.stalled or len(history) < 2:
                 continue
-            gain = max(history) - history[0]
-            if self._progressed(gain, _loss_fall(self.losses.get(arm, []))):
+            if self._progressed(max(history) - history[0], self.trend(arm)):
                 self.wake(arm, why)
                 self.best.pop(arm, None)
                 restarted.append(arm)
@@ -172,19 +214,20 @@ class StallTracker:
     def wake(self, arm: str, why: str) -> None:
         """The arm may be worth training again: it gets a fresh patience budget."""
         self.woken[arm] = why
-        self.since.pop(arm, None)
-        self.losses.pop(arm, None)
+        for lists in (self.since, self.losses, self.counts, self.baseline):
+            lists.pop(arm, None)
         if self.stalled.pop(arm, None) is not None:
             self.visits.pop(arm, None)
 
     def note_size(self, arm: str, size: int) -> bool:
-        """The arm's train set size; True when its growth woke it up."""
+        """The arm's train set size; True when it grew by ``wake_growth`` since last noted
+        growth (new data), which also wakes a stalled arm."""
         seen = self.sizes.setdefault(arm, size)
         if size >= seen * (1.0 + self.config.wake_growth) and size > seen:
             self.sizes[arm] = size
             if arm in self.stalled:
                 self.wake(arm, f"new data: {seen} -> {size} train examples")
-                return True
+            return True
         return False
 
     def note_difficulty(self, arm: str, b: float) -> bool:
@@ -210,6 +253,8 @@ class StallTracker:
         return {
             "since": {a: list(h) for a, h in self.since.items()},
             "losses": {a: list(h) for a, h in self.losses.items()},
+            "counts": dict(self.counts),
+            "baseline": dict(self.baseline),
             "best": dict(self.best),
             "stalled": dict(self.stalled),
             "visits": dict(self.visits),
@@ -221,6 +266,16 @@ class StallTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.since = {a: [float(x) for x in h] for a, h in state["since"].items()}
         self.losses = {a: [float(x) for x in h] for a, h in state.get("losses", {}).items()}
+        # States saved before the counts and baselines: the windows were whole then.
+        counts = state.get("counts") or {a: len(h) for a, h in self.since.items()}
+        self.counts = {a: int(n) for a, n in counts.items()}
+        baseline = state.get("baseline") or {a: self.since[a][0] for a in state["stalled"]
+                                             if self.since.get(a)}  # fmt: skip
+        self.baseline = {a: float(x) for a, x in baseline.items()}
+        for arm in self.stalled:
+            self.baseline.setdefault(arm, 0.0)
+            for lists in (self.since, self.losses, self.counts):
+                lists.pop(arm, None)
         self.best = {a: float(x) for a, x in state["best"].items()}
         self.stalled = dict(state["stalled"])
         self.visits = {a: int(n) for a, n in state["visits"].items()}

@@ -47,6 +47,7 @@ class Rest:
     scores: dict[str, float]
     reason: str
     until: float
+    renews: bool = False  # the decision before was a rest too: one rest period, one row
 
 
 class Curriculum:
@@ -59,6 +60,7 @@ class Curriculum:
         self.rng = np.random.default_rng([seed, 0x7EAC])
         self.current: Round | None = None
         self.rest: Rest | None = None
+        self.in_rest_period = False  # the last decision was a rest (a rest period is one row)
         self.evidence: dict[int, bool] = {}  # probe example id -> latest answer correct
         self.ability: float | None = None
         self.ability_se: float | None = None
@@ -111,8 +113,10 @@ class Curriculum:
         scores = dict(decision.scores)
         if decision.arm is None:
             until = time.monotonic() + self.config.rest_seconds
-            self.rest = Rest(tuple(arms), step, scores, decision.reason, until)
+            self.rest = Rest(tuple(arms), step, scores, decision.reason, until, self.in_rest_period)
+            self.in_rest_period = True
             return self.rest
+        self.in_rest_period = False
         self.current = Round(decision.arm, bucket_ids[decision.arm], step, scores, decision.reason)
         return self.current
 
@@ -168,7 +172,7 @@ class Curriculum:
     def observe_evaluation(self, arm: str, accuracy: float) -> float | None:
         """A re-evaluation outside the arm's rounds (at a candidate): its accuracy change is
         absolute learning progress, so forgetting makes the arm attractive again."""
-        return self.policy.observe(arm, accuracy=accuracy)
+        return self.policy.observe(arm, accuracy=accuracy, round_end=False)
 
     # --- difficulty and ability --------------------------------------------------------
 

@@ -288,6 +288,9 @@ class TeacherDecision(Base):
     loss: Mapped[float | None] = mapped_column(Float)
     reward: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = _created_at()
+    # A rest (no bucket) is one row per rest period: renewed, not repeated, while the
+    # teacher keeps resting for the same reason; this is when it was last renewed.
+    renewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(Base):

@@ -1,4 +1,5 @@
-"""Teacher records: one decision row per round, and snapshots of the teacher's state.
+"""Teacher records: one decision row per round or rest period, and snapshots of the
+teacher's state.
 
 Callers own the transactions. ``GET /v1/teacher`` and ``GET /v1/buckets`` read these.
 """
@@ -9,7 +10,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, insert, select, update
 
 from learner.store.models import Bucket, TeacherDecision, TeacherState
 
@@ -32,6 +33,21 @@ class DecisionRecord:
 def record_decision(conn: Connection, record: DecisionRecord) -> None:
     # The record's fields are the table's columns, one for one.
     conn.execute(insert(TeacherDecision).values(**asdict(record)))
+
+
+def renew_rest(conn: Connection, record: DecisionRecord) -> bool:
+    """The teacher rests on: renew the newest decision row when it is a rest (its scores,
+    reason and ``renewed_at``), so an idle service writes one row per rest period.
+    Returns False, and writes nothing, when the newest row is a round (then record a
+    new rest)."""
+    newest = select(func.max(TeacherDecision.id)).scalar_subquery()
+    done = conn.execute(
+        update(TeacherDecision)
+        .where(TeacherDecision.id == newest, TeacherDecision.bucket_id.is_(None))
+        .where(TeacherDecision.steps == 0)
+        .values(scores=record.scores, reason=record.reason, renewed_at=func.now())
+    )
+    return done.rowcount == 1
 
 
 def save_snapshot(
@@ -76,6 +92,7 @@ class StoredDecision:
     loss: float | None
     reward: float | None
     created_at: datetime
+    renewed_at: datetime | None
 
 
 def recent_decisions(conn: Connection, limit: int) -> list[StoredDecision]:
@@ -83,7 +100,7 @@ def recent_decisions(conn: Connection, limit: int) -> list[StoredDecision]:
     d = TeacherDecision
     rows = conn.execute(
         select(d.step, Bucket.name, d.policy, d.scores, d.reason, d.steps, d.accuracy)
-        .add_columns(d.loss, d.reward, d.created_at)
+        .add_columns(d.loss, d.reward, d.created_at, d.renewed_at)
         .outerjoin(Bucket, Bucket.id == d.bucket_id)
         .order_by(d.id.desc())
         .limit(limit)

@@ -16,7 +16,7 @@ from learner.evaluation.probes import answer_probes, greedy_answers, probe_loss
 from learner.store.buckets import BucketInfo
 from learner.store.difficulty import bucket_difficulties, item_parameters
 from learner.store.probes import load_probe_sets, load_watch_set
-from learner.store.teacher import record_decision
+from learner.store.teacher import record_decision, renew_rest
 from learner.training.step import Trainer
 from learner.worker.candidates import CandidateOutcome
 from learner.worker.lease_holder import Fenced
@@ -67,9 +67,11 @@ class RoundKeeper:
         ids = {a: buckets[a].id for a in arms}
         decided = self.curriculum.decide(arms, ids, step)
         if isinstance(decided, Rest):
-            log.info("teacher rests: %s", decided.reason)
+            record = self.curriculum.rest_record(decided)
             with self.fenced() as conn:
-                record_decision(conn, self.curriculum.rest_record(decided))
+                if not (decided.renews and renew_rest(conn, record)):
+                    log.info("teacher rests: %s", decided.reason)
+                    record_decision(conn, record)
             return None
         self._focused.add(decided.arm)
         return decided.arm

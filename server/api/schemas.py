@@ -197,7 +197,9 @@ class ExamplePage(BaseModel):
 
 class TeacherDecisionOut(BaseModel):
     step: int = Field(description="Training step at which the round began.")
-    bucket: str | None = Field(description="The focus bucket (None if it was deleted).")
+    bucket: str | None = Field(
+        description="The focus bucket (None for a rest, or if the bucket was deleted)."
+    )
     policy: str | None
     scores: dict[str, float] = Field(description="Score of every arm offered.")
     reason: str
@@ -206,6 +208,9 @@ class TeacherDecisionOut(BaseModel):
     loss: float | None = Field(description="Mean focus training loss during the round.")
     reward: float | None = Field(description="Learning-progress reward the policy got.")
     created_at: UtcDateTime
+    renewed_at: UtcDateTime | None = Field(
+        description="A rest: when it was last renewed (one row per rest period)."
+    )
 
 
 class TeacherOut(BaseModel):

@@ -64,7 +64,7 @@ LOOP_ENV = {
     # tests/e2e/test_poisoning.py covers the suite, the README the drift.
     "LIFELONG_ALIGNMENT_SUITE": "false",
     # Scale search multiplies the candidates' judging time; it has its own tests
-    # (tests/learner/worker/test_scale_search.py, tests/e2e/test_learning_retention.py).
+    # (tests/learner/worker/test_scale_search.py, tests/e2e/test_teacher_focus.py).
     "LIFELONG_GATE__SCALES": "1",
     # A teacher that never rests: with one bucket, lp_zpd can call sort-l1 stalled while its
     # held-out loss still falls (seen: accuracy 0.44 after 16 rounds, then rests until the

@@ -120,7 +120,7 @@ def test_chat_buckets_revision_round_trip(empty_db_url: str) -> None:
 
     # SQLite rebuilds buckets for the new check: with foreign keys on, the rebuild's drop
     # cascaded and emptied examples and replay_state (found in review).
-    upgrade(engine)
+    upgrade(engine, "0005")
     assert rows() == (1, 1, 1)
     after = _column_types(engine)
     assert set(after) - set(before) == {("buckets", "format"), ("examples", "messages")}
@@ -152,3 +152,24 @@ def test_example_ids_past_32_bits(engine) -> None:  # type: ignore[no-untyped-de
         conn.execute(insert(ReplayState).values(example_id=big, priority=1.0, times_sampled=0))
         stored = conn.execute(select(ReplayState.example_id)).scalar_one()
     assert stored == big
+
+
+def test_rest_periods_revision_round_trip(empty_db_url: str) -> None:
+    """0006 adds teacher_decisions.renewed_at (rests renewed, not repeated); its downgrade
+    restores 0005 with the decisions kept."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine, "0005")
+    before = _column_types(engine)
+    with write_transaction(engine) as conn:
+        conn.execute(text("INSERT INTO teacher_decisions (step, scores, reason, steps) "
+                          "VALUES (3, '{}', 'rest: no arm is learnable now', 0)"))  # fmt: skip
+    upgrade(engine)
+    after = _column_types(engine)
+    assert set(after) - set(before) == {("teacher_decisions", "renewed_at")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT renewed_at FROM teacher_decisions")).one() == (None,)
+    downgrade(engine, "0005")
+    assert _column_types(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM teacher_decisions")).scalar_one() == 1
+    engine.dispose()
