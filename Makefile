@@ -54,7 +54,8 @@ bench-replay: $(STAMP)
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/replay.py --backend both
 
-# The continual-learning benchmark: every policy x 3 seeds + ablations (under an hour here).
+# The continual-learning benchmark: the 4 main policies x 5 seeds, paired against uniform
+# (about an hour here); `python bench/stream.py --all` adds the other policies and ablations.
 bench-stream: $(STAMP)
 	$(PY) bench/stream.py
 

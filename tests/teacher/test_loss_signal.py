@@ -111,7 +111,7 @@ def test_reevaluations_do_not_enter_the_stall_window_but_show_forgetting() -> No
     assert tracker.evaluated("a") == 0 and not tracker.is_stalled("a")
     for _ in range(3):
         tracker.observe("a", 0.6, 0.5, 0.9)
-    tracker.observe("a", 0.3, 0.5, 0.9, round_end=False)  # forgotten, seen at a candidate
+    tracker.observe("a", 0.2, 0.5, 0.9, round_end=False)  # forgotten, seen at a candidate
     assert tracker.evaluated("a") == 0 and "forgetting" in tracker.woken["a"]
 
 
@@ -123,3 +123,21 @@ def test_windows_stay_bounded_over_a_long_run() -> None:
     longest = tracker.config.longest_window
     assert len(tracker.since["a"]) == longest and len(tracker.losses["a"]) == longest
     assert tracker.evaluated("a") == 1000
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_noisy_plateau_stalls_and_a_steady_climb_does_not(seed: int) -> None:
+    """32 probes per evaluation: a bucket stuck at 0.5 swings by +-0.09 between evaluations,
+    which a best-minus-first rule took for progress (and its dips for forgetting); a
+    climb of 0.05 per round, with the falling loss that comes with it, is real."""
+    rng = np.random.default_rng(seed)
+    tracker = StallTracker()
+    plateau_stalled = climb_stalled = False
+    for n in range(20):
+        plateau = rng.binomial(32, 0.5) / 32
+        climb = rng.binomial(32, min(0.85, 0.1 + 0.05 * n)) / 32
+        flat, falling = (np.exp(rng.normal(0.0, 0.03)) * x for x in (1.0, 2.0 * 0.95**n))
+        plateau_stalled |= tracker.observe("plateau", plateau, 0.5, 0.9, loss=flat) is not None
+        climb_stalled |= tracker.observe("climb", climb, 0.5, 0.9, loss=falling) is not None
+    assert plateau_stalled
+    assert not climb_stalled

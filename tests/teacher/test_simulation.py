@@ -13,6 +13,7 @@ MASTERED = ["mastered0"]
 ARMS = LEARNABLE + NOISE + MASTERED
 WARMUP = 20
 MASTERY = 0.9
+PROBES = 400
 
 
 def simulate(policy_name: str, seed: int, rounds: int = 300) -> tuple[int, float]:
@@ -20,7 +21,9 @@ def simulate(policy_name: str, seed: int, rounds: int = 300) -> tuple[int, float
     post-warm-up rounds spent on noise and mastered arms before that)."""
     rng = np.random.default_rng(seed)
     skill = dict.fromkeys(LEARNABLE + NOISE, 0.25) | dict.fromkeys(MASTERED, 0.95)
-    policy = make_policy(policy_name)
+    # 400 probes per evaluation; lp_zpd's stall test is told so (its noise model).
+    options = {"stall": {"probes": PROBES}} if policy_name == "lp_zpd" else None
+    policy = make_policy(policy_name, options)
     if policy_name == "lp_zpd":  # difficulties as an IRT fit would give them
         policy.set_ability(0.0)
         for arms, b in ((LEARNABLE, 0.0), (NOISE, 4.0), (MASTERED, -4.0)):
@@ -35,7 +38,7 @@ def simulate(policy_name: str, seed: int, rounds: int = 300) -> tuple[int, float
             skill[arm] += 0.12 * (1.0 - skill[arm])
         elif t > WARMUP:
             wasted += 1
-        policy.observe(arm, accuracy=rng.binomial(400, skill[arm]) / 400)
+        policy.observe(arm, accuracy=rng.binomial(PROBES, skill[arm]) / PROBES)
         if all(skill[a] >= MASTERY for a in LEARNABLE):
             return t, wasted / max(t - WARMUP, 1)
     return rounds + 1, wasted / (rounds - WARMUP)
