@@ -31,15 +31,14 @@ $(CHROMIUM_STAMP): $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/lifelong serve --demo
 
-# Two pytest-xdist workers: most slow tests wait on servers and subprocesses, so two
-# share this machine's 2 cores well (10.5 minutes against 26 in one process on 2026-12-03;
-# 12.5 minutes on 2026-12-07, when the machine ran about 2.5x slower; 11.3 minutes later
-# that day with 920 tests on a faster one).
-# worksteal: an idle worker takes queued tests from a busy one, so the long end-to-end
-# tests do not pile up at the end of one worker's queue.
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers, the longest tests first (tests/conftest.py LONG_FIRST) and
+# `--dist load`, which deals them round-robin to the workers at the start: 9.8 minutes
+# with 3 workers in collection order on 2026-12-07 (the longest test, 215 s, ran last and
+# alone), 11.3 minutes with 2 workers; the unit tests keep both cores busy, the end-to-end
+# tests partly wait on servers and subprocesses.
+TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

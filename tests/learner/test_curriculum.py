@@ -49,16 +49,18 @@ def test_a_round_whose_bucket_vanishes_is_dropped() -> None:
 
 
 def test_progress_feedback_steers_lp_zpd() -> None:
-    """A bucket whose accuracy climbs wins the focus over one that stays at zero."""
+    """A bucket whose accuracy climbs (and whose held-out loss falls with it, as a real
+    learner's does) wins the focus over one that stays at zero with a flat loss."""
     cur = Curriculum(TeacherConfig(round_steps=1), seed=1)
     skill = {"a": 0.0, "b": 0.0}
     chosen = []
     for t in range(40):
         arm = cur.decide(["a", "b"], IDS, t).arm
+        assert arm is not None, "the teacher rested on a learnable bucket"
         if arm == "a":
             skill["a"] = min(1.0, skill["a"] + 0.02)  # never mastered within the test
         cur.record_loss(1.0)
-        cur.finish_round(t + 1, skill[arm], {})
+        cur.finish_round(t + 1, skill[arm], {}, heldout_loss=2.0 - skill[arm])
         chosen.append(arm)
     assert chosen[10:].count("a") >= 25, chosen
 
