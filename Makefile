@@ -31,14 +31,15 @@ $(CHROMIUM_STAMP): $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/lifelong serve --demo
 
-# Three pytest-xdist workers, the longest tests first (tests/conftest.py LONG_FIRST) and
-# `--dist load`, which deals them round-robin to the workers at the start: 9.8 minutes
-# with 3 workers in collection order on 2026-12-07 (the longest test, 215 s, ran last and
-# alone), 11.3 minutes with 2 workers; the unit tests keep both cores busy, the end-to-end
-# tests partly wait on servers and subprocesses.
+# Three pytest-xdist workers, the longest tests first (tests/conftest.py LONG_FIRST), handed
+# out one at a time as workers free up (`--dist load --maxschedchunk 1`). On 2026-12-07:
+# 11.3 minutes with 2 workers and worksteal; 9.8 with 3 workers in collection order (the
+# longest test, 215 s, ran last and alone); with `--dist load`'s default hand-out every
+# long test sat in one worker's first batch. The unit tests keep both cores busy; the
+# end-to-end tests partly wait on servers and subprocesses.
 TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

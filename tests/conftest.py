@@ -25,9 +25,10 @@ from learner.store.db import make_engine, upgrade
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 # The longest tests (measured with --durations, 2026-12-07: 30-215 s each, the rest of the
-# suite mostly under 10 s), started first. `make test` hands tests out with
-# `--dist load`, which deals the head of the list round-robin to the workers, so these
-# begin at once on different workers; left where collection puts them, the longest
+# suite mostly under 10 s), started first. `make test` runs `--dist load
+# --maxschedchunk 1`: a worker gets its next test when it finishes one, so a long test
+# never waits in a queue behind another; they are interleaved with short ones because the
+# first hand-out gives each worker two tests. Left where collection puts them, the longest
 # (test_teacher_focus, 215 s) ran last and alone on one core for 3.5 minutes.
 LONG_FIRST = (
     "tests/e2e/test_teacher_focus.py",
@@ -47,13 +48,17 @@ BACKENDS = ["sqlite", "postgresql"]
 
 
 def long_first(items: list[pytest.Item]) -> None:
-    """Run the LONG_FIRST modules first, in that order (a stable sort: the rest keep theirs)."""
+    """Run the LONG_FIRST modules first, in that order, each followed by one other test
+    (the rest keep their order)."""
 
     def rank(item: pytest.Item) -> int:
         path = item.nodeid.split("::", 1)[0]
         return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
 
-    items.sort(key=rank)
+    long = sorted((i for i in items if rank(i) < len(LONG_FIRST)), key=rank)
+    short = [i for i in items if rank(i) == len(LONG_FIRST)]
+    interleaved = [i for pair in zip(long, short, strict=False) for i in pair]
+    items[:] = interleaved + long[len(interleaved) // 2 :] + short[len(interleaved) // 2 :]
 
 
 def pg_admin_url() -> str:
