@@ -31,15 +31,16 @@ $(CHROMIUM_STAMP): $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/lifelong serve --demo
 
-# Three pytest-xdist workers, the longest tests first (tests/conftest.py LONG_FIRST), handed
-# out one at a time as workers free up (`--dist load --maxschedchunk 1`). On 2026-12-07:
-# 11.3 minutes with 2 workers and worksteal; 9.8 with 3 workers in collection order (the
-# longest test, 215 s, ran last and alone); with `--dist load`'s default hand-out every
-# long test sat in one worker's first batch. The unit tests keep both cores busy; the
-# end-to-end tests partly wait on servers and subprocesses.
+# Three pytest-xdist workers: the unit tests keep both cores busy, the end-to-end tests
+# partly wait on servers and subprocesses. On 2026-12-07: 11.3 minutes with 2 workers,
+# 9.8 with 3. worksteal: an idle worker takes queued tests from a busy one. Tried and
+# worse (about 12 minutes): the longest tests first, with `--dist load` (its first
+# hand-out put them all in one worker's batch) or one test at a time (three end-to-end
+# servers and learners at once stretch each other's waits, and their idle polling with
+# them).
 TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist load --maxschedchunk 1
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

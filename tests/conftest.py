@@ -23,42 +23,7 @@ from sqlalchemy.exc import OperationalError
 from learner.store.db import make_engine, upgrade
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-# The longest tests (measured with --durations, 2026-12-07: 30-215 s each, the rest of the
-# suite mostly under 10 s), started first. `make test` runs `--dist load
-# --maxschedchunk 1`: a worker gets its next test when it finishes one, so a long test
-# never waits in a queue behind another; they are interleaved with short ones because the
-# first hand-out gives each worker two tests. Left where collection puts them, the longest
-# (test_teacher_focus, 215 s) ran last and alone on one core for 3.5 minutes.
-LONG_FIRST = (
-    "tests/e2e/test_teacher_focus.py",
-    "tests/e2e/test_learner_crashes.py",
-    "tests/e2e/test_own_model.py",
-    "tests/e2e/test_learning_loop.py",
-    "tests/e2e/test_poisoning.py",
-    "tests/e2e/test_shutdown.py",
-    "tests/bench/test_stream.py",
-    "tests/bench/test_frontier.py",
-    "tests/e2e/test_load.py",
-    "tests/e2e/test_rollback_under_load.py",
-    "tests/bench/test_skill.py",
-    "tests/bench/test_gpu.py",
-)
 BACKENDS = ["sqlite", "postgresql"]
-
-
-def long_first(items: list[pytest.Item]) -> None:
-    """Run the LONG_FIRST modules first, in that order, each followed by one other test
-    (the rest keep their order)."""
-
-    def rank(item: pytest.Item) -> int:
-        path = item.nodeid.split("::", 1)[0]
-        return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
-
-    long = sorted((i for i in items if rank(i) < len(LONG_FIRST)), key=rank)
-    short = [i for i in items if rank(i) == len(LONG_FIRST)]
-    interleaved = [i for pair in zip(long, short, strict=False) for i in pair]
-    items[:] = interleaved + long[len(interleaved) // 2 :] + short[len(interleaved) // 2 :]
 
 
 def pg_admin_url() -> str:
@@ -209,9 +174,7 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest tests first; skip tests marked ``gpu`` when no CUDA device is present
-    (CI has none)."""
-    long_first(items)
+    """Skip tests marked ``gpu`` when no CUDA device is present (CI has none)."""
     if not any(item.get_closest_marker("gpu") for item in items):
         return
     import torch
