@@ -72,7 +72,7 @@ from teacher.policies import POLICIES  # noqa: E402
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 MAIN_POLICIES = ("uniform", "round_robin", "thompson", "lp_zpd")
 CATEGORIES = ("mastered", "noise", "too_hard", "fast", "slow")
-WASTE = ("mastered", "noise", "too_hard")  # steps on these teach nothing
+WASTE = stream_report.WASTE
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 
 BOOTSTRAP = 10_000
 Run = dict[str, Any]
+WASTE = ("mastered", "noise", "too_hard")  # categories whose steps teach nothing
 
 
 def steps_to(curve: Sequence[Sequence[float]], level: float) -> int | None:
@@ -147,19 +148,16 @@ def targets(summary: dict[str, Any], policy: str = "lp_zpd") -> list[tuple[str, 
     auc, waste = get("auc", "estimate"), mean("waste_share")
     forgetting, retention = mean("forgetting"), mean("alignment_retention")
 
-    def check(ok: bool | None) -> bool | None:
-        return ok
-
     return [
         ("steps to 90%: at most half of uniform's, 95% interval of the ratio below 1",
-         check(None if ratio90 is None or high90 is None else ratio90 <= 0.5 and high90 < 1)),
+         None if ratio90 is None or high90 is None else ratio90 <= 0.5 and high90 < 1),
         ("area under the served accuracy curve at least 1.25x uniform's",
-         check(None if auc is None else auc >= 1.25)),
+         None if auc is None else auc >= 1.25),
         ("at most 15% of steps on mastered, noise and too-hard buckets",
-         check(None if waste is None else waste <= 0.15)),
-        ("forgetting at most 2 points", check(None if forgetting is None else forgetting <= 0.02)),
+         None if waste is None else waste <= 0.15),
+        ("forgetting at most 2 points", None if forgetting is None else forgetting <= 0.02),
         ("alignment retention at least 99% of base",
-         check(None if retention is None else retention >= 0.99)),
+         None if retention is None else retention >= 0.99),
     ]  # fmt: skip
 
 
@@ -322,8 +320,7 @@ def main(argv: list[str]) -> int:
     """Rebuild stream.md and the plots from a saved stream.json."""
     path = Path(argv[0])
     payload = json.loads(path.read_text())
-    waste = ("mastered", "noise", "too_hard")
-    summary = summarize(payload["runs"], waste, payload["config"]["steps"])
+    summary = summarize(payload["runs"], WASTE, payload["config"]["steps"])
     text = markdown(payload, summary, payload["runs"])
     plots = plot(payload["runs"], path.parent, [])
     text += "\n" + "\n".join(f"![{p}]({p})" for p in plots) + "\n"

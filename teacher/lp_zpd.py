@@ -103,7 +103,7 @@ class LpZpd(Policy):
             return False
         if mastered:
             self.unsettled.add(arm)
-            self.stalls.woken[arm] = f"new data in a mastered bucket: {train_examples} examples"
+            self.stalls.wake(arm, f"new data in a mastered bucket: {train_examples} examples")
         return stalled or mastered
 
     def wake(self, arm: str, why: str) -> None:

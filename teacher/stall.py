@@ -220,11 +220,15 @@ class StallTracker:
         del values[: -self.config.longest_window]
 
     def _stall(self, arm: str, why: str, accuracy: float) -> None:
+        self._clear_window(arm)
         self.stalled[arm] = why
         self.baseline[arm] = float(accuracy)
         self.visits[arm] = 0
-        for lists in (self.since, self.losses, self.counts):
-            lists.pop(arm, None)
+
+    def _clear_window(self, arm: str) -> None:
+        """Forget the arm's evaluations since its last (re)start."""
+        for per_arm in (self.since, self.losses, self.counts):
+            per_arm.pop(arm, None)
 
     def _progressed(self, accuracies: list[float], trend: LossTrend | None) -> bool:
         """Whether a window's accuracies rose, or its held-out loss trend fell."""
@@ -255,8 +259,8 @@ class StallTracker:
     def wake(self, arm: str, why: str) -> None:
         """The arm may be worth training again: it gets a fresh patience budget."""
         self.woken[arm] = why
-        for lists in (self.since, self.losses, self.counts, self.baseline):
-            lists.pop(arm, None)
+        self._clear_window(arm)
+        self.baseline.pop(arm, None)
         if self.stalled.pop(arm, None) is not None:
             self.visits.pop(arm, None)
 
@@ -315,8 +319,7 @@ class StallTracker:
         self.baseline = {a: float(x) for a, x in baseline.items()}
         for arm in self.stalled:
             self.baseline.setdefault(arm, 0.0)
-            for lists in (self.since, self.losses, self.counts):
-                lists.pop(arm, None)
+            self._clear_window(arm)
         self.best = {a: float(x) for a, x in state["best"].items()}
         self.stalled = dict(state["stalled"])
         self.visits = {a: int(n) for a, n in state["visits"].items()}
