@@ -15,6 +15,7 @@ with a confidence interval: the teacher's continuous progress signal and its sta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,16 @@ class WindowSlope:
         dx = x - x.mean()
         denom = float(dx @ dx)
         return 0.0 if denom == 0.0 else float(dx @ (y - y.mean()) / denom)
+
+    def slope_se(self, arm: str, sd: float) -> float:
+        """Standard error of the slope when each value has noise ``sd``: sd / sqrt(Sxx)
+        (inf with fewer than 2 points)."""
+        p = self.points.get(arm, [])
+        if len(p) < 2:
+            return math.inf
+        x = np.asarray(p)[:, 0]
+        dx = x - x.mean()
+        return sd / math.sqrt(float(dx @ dx))
 
     def state_dict(self) -> dict[str, Any]:
         return {

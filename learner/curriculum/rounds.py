@@ -169,6 +169,15 @@ class Curriculum:
             reward=reward,
         )
 
+    def unevaluated(self, arm: str) -> bool:
+        """True while the policy has seen no probe accuracy of the arm."""
+        return self.policy.probe.last(arm) is None
+
+    def observe_placement(self, arm: str, accuracy: float, answers: dict[int, bool]) -> None:
+        """A new bucket evaluated before its first round (no training): where it starts."""
+        self.policy.observe(arm, accuracy=accuracy, round_end=False)
+        self.evidence.update(answers)
+
     def observe_evaluation(self, arm: str, accuracy: float) -> float | None:
         """A re-evaluation outside the arm's rounds (at a candidate): its accuracy change is
         absolute learning progress, so forgetting makes the arm attractive again."""

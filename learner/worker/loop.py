@@ -73,7 +73,9 @@ class Learner(LearnerSession):
         if self.paused or not arms:
             return False
         sizes = parts.replay.bucket_sizes()
-        focus = parts.rounds.focus(arms, buckets, self.state.step, self.scorer, sizes)
+        focus = parts.rounds.focus(
+            arms, buckets, self.state.step, self.scorer, sizes, self.lease.keep
+        )
         if focus is None:  # the teacher rests: no learnable arm now
             self.save_checkpoint()  # what was trained so far, and the teacher's state
             return False

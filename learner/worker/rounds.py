@@ -1,11 +1,13 @@
-"""The teacher's rounds in the loop: the round's focus, its end-of-round evaluation, and
-re-evaluations of learned buckets fed to the teacher as absolute learning progress."""
+"""The teacher's rounds in the loop: a placement evaluation of each new bucket, the round's
+focus, its end-of-round evaluation, and re-evaluations of learned buckets fed to the teacher
+as absolute learning progress."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
@@ -15,13 +17,22 @@ from learner.curriculum.rounds import Curriculum, Rest
 from learner.evaluation.probes import answer_probes, greedy_answers, probe_loss
 from learner.store.buckets import BucketInfo
 from learner.store.difficulty import bucket_difficulties, item_parameters
-from learner.store.probes import load_probe_sets, load_watch_set
+from learner.store.probes import ProbeSet, load_probe_sets, load_watch_set
 from learner.store.teacher import record_decision, renew_rest
 from learner.training.step import Trainer
 from learner.worker.candidates import CandidateOutcome
 from learner.worker.lease_holder import Fenced
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A bucket's probes answered by the current weights."""
+
+    accuracy: float
+    answers: dict[int, bool]  # probe example id -> answered correctly
+    heldout_loss: float | None  # mean target loss of the probes (teacher forcing)
 
 
 class RoundKeeper:
@@ -39,6 +50,7 @@ class RoundKeeper:
         self.fenced, self.is_refusal = fenced, is_refusal
         self._difficulty_fits: int | None = None  # the scorer's fit count last read
         self._focused: set[str] = set()  # arms that were a focus since the last candidate
+        self._placed: set[str] = set()  # arms given a placement evaluation (or without probes)
 
     def focus(
         self,
@@ -47,6 +59,7 @@ class RoundKeeper:
         step: int,
         scorer: DifficultyScorer | None,
         sizes: dict[str, int],
+        keep_lease: Callable[[], None] = lambda: None,
     ) -> str | None:
         """The focus bucket: the running round's, or a new decision of the teacher; None
         while the teacher rests (a new rest is stored as a decision without a bucket)."""
@@ -65,6 +78,7 @@ class RoundKeeper:
             if rate is not None:
                 self.curriculum.harm.set_baseline(rate)
         ids = {a: buckets[a].id for a in arms}
+        self.place(ids, keep_lease)
         decided = self.curriculum.decide(arms, ids, step)
         if isinstance(decided, Rest):
             record = self.curriculum.rest_record(decided)
@@ -75,6 +89,38 @@ class RoundKeeper:
             return None
         self._focused.add(decided.arm)
         return decided.arm
+
+    def place(self, ids: dict[str, int], keep_lease: Callable[[], None]) -> None:
+        """Placement: a bucket the teacher has no evaluation of is evaluated once before
+        its first decision, without training. A bucket the model already masters then needs
+        no round at all, and the pre-test is the first point of every bucket's progress
+        fit, so one that cannot be learned (noise, out of reach) is judged after one round
+        instead of two. It is not a round: it enters no stall window (teacher.stall)."""
+        new = [a for a in ids if a not in self._placed and self.curriculum.unevaluated(a)]
+        if not new:
+            return
+        with self.engine.connect() as conn:
+            probe_sets = load_probe_sets(
+                conn, [ids[a] for a in new], self.curriculum.config.eval_probes
+            )
+        self._placed.update(new)  # a bucket without probes is judged by its rounds alone
+        for probes in probe_sets:
+            keep_lease()  # evaluations take a while
+            result = self.evaluate(probes)
+            log.info("placement of %s: accuracy %.3f", probes.bucket, result.accuracy)
+            self.curriculum.observe_placement(probes.bucket, result.accuracy, result.answers)
+        if probe_sets:
+            self._update_ability()
+
+    def evaluate(self, probes: ProbeSet) -> Evaluation:
+        """The current weights' greedy answers to the probes, graded, and their target loss."""
+        model, tokenizer, config = self.trainer.model, self.trainer.tokenizer, self.trainer.config
+        results = answer_probes(model, tokenizer, probes, config.max_new_tokens)
+        return Evaluation(
+            accuracy=sum(a.correct for a in results) / len(results),
+            answers={a.example_id: a.correct for a in results},
+            heldout_loss=probe_loss(model, tokenizer, probes.examples, config.max_length),
+        )
 
     def refresh_difficulties(self, buckets: dict[str, BucketInfo]) -> None:
         """Give the teacher the buckets' difficulties as last fitted by the ensemble."""
@@ -97,15 +143,8 @@ class RoundKeeper:
         accuracy, answers, heldout_loss = None, {}, None
         if probe_sets:  # a bucket without probes is judged by its training loss alone
             keep_lease()  # evaluations take a while
-            model, tokenizer, config = (
-                self.trainer.model,
-                self.trainer.tokenizer,
-                self.trainer.config,
-            )
-            results = answer_probes(model, tokenizer, probe_sets[0], config.max_new_tokens)
-            accuracy = sum(a.correct for a in results) / len(results)
-            answers = {a.example_id: a.correct for a in results}
-            heldout_loss = probe_loss(model, tokenizer, probe_sets[0].examples, config.max_length)
+            result = self.evaluate(probe_sets[0])
+            accuracy, answers, heldout_loss = result.accuracy, result.answers, result.heldout_loss
         log.info("round on %s: accuracy %s, held-out loss %.4f", arm, accuracy, heldout_loss or 0.0)
         record = self.curriculum.finish_round(step, accuracy, answers, heldout_loss)
         self._update_ability()

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -289,6 +290,28 @@ def test_teacher_chooses_rounds_and_is_restored(
     with engine.connect() as conn:
         buckets = [d.bucket for d in recent_decisions(conn, 10)[::-1]]
     assert buckets == ["copy-l1", "reverse-l1"] * 3  # the rotation went on where it was
+
+
+def test_new_buckets_get_a_placement_evaluation_before_their_first_round(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    """Each bucket is evaluated once, untrained, before the teacher first decides on it:
+    after one round each, lp_zpd has two points of each bucket's progress (placement and
+    round end), and only the round-end one is in its stall window."""
+    submit(engine, "copy-l1", "copy", n=80)
+    submit(engine, "reverse-l1", "reverse", n=80)
+    teacher = TeacherConfig(policy="lp_zpd", round_steps=2, eval_probes=4)
+    learner = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=4,
+                           candidate_every=100)  # fmt: skip
+    learner.run()
+    with engine.connect() as conn:
+        decisions = recent_decisions(conn, 10)
+    assert sorted(d.bucket for d in decisions) == ["copy-l1", "reverse-l1"]
+    policy: Any = learner.curriculum.policy
+    for arm in ("copy-l1", "reverse-l1"):
+        assert policy.slopes.count(arm) == 2, arm
+        assert policy.stalls.evaluated(arm) == 1, arm
+    assert len(learner.curriculum.evidence) == 8  # both buckets' 4 probes, answered
 
 
 def test_learner_scores_difficulty_in_the_background(
