@@ -39,6 +39,10 @@ def test_learner_loop_benchmark_runs_on_the_micro_model(tmp_path: Path) -> None:
     run(["bench/learner_loop.py", "--model", "micro", "--steps", "6", "--examples", "20",
          "--candidate-every", "3", "--out", str(out), "--cache", str(tmp_path)])  # fmt: skip
     report = json.loads((out / "learner_loop.json").read_text())
-    assert report["full"]["tokens"] > 0 and len(report["bare"]) == 2
-    assert report["full"]["parts_s"]["candidates"] > 0  # a candidate was made and judged
-    assert "full / bare" in (out / "learner_loop.md").read_text()
+    full = report["full"]
+    assert full["tokens"] > 0 and [b["grouped"] for b in report["bare"]] == [True, False] * 2
+    assert full["parts_s"]["candidates"] > 0  # a candidate was made and judged
+    assert 0.0 < full["judging_share"] < 1.0 and sum(full["verdicts"].values()) == 2
+    assert full["judging_detail_s"]["candidate and reference answers"] > 0
+    text = (out / "learner_loop.md").read_text()
+    assert "full / grouped bare" in text and "Judging share" in text

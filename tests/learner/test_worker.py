@@ -22,7 +22,9 @@ from learner.model import registry
 from learner.model.loading import encode_examples, load_base
 from learner.replay import ReplayStore
 from learner.store import control, lease
+from learner.store.buckets import bucket_catalog
 from learner.store.db import write_transaction
+from learner.store.evaluations import evaluated_bucket_ids
 from learner.store.ingest import NewExample, ingest_batch
 from learner.store.models import ItemDifficulty, ReplayState
 from learner.store.teacher import latest_snapshot, recent_decisions
@@ -312,6 +314,25 @@ def test_new_buckets_get_a_placement_evaluation_before_their_first_round(
         assert policy.slopes.count(arm) == 2, arm
         assert policy.stalls.evaluated(arm) == 1, arm
     assert len(learner.curriculum.evidence) == 8  # both buckets' 4 probes, answered
+
+
+def test_a_candidate_is_judged_on_buckets_it_was_not_trained_on(
+    engine: Engine, tmp_path: Path, micro_model_dir: Path
+) -> None:
+    """A bucket the model knows when it arrives gets no round, so only the gate keeps it
+    known: every active task bucket is in every candidate's evaluation, trained or not."""
+    submit(engine, "copy-l1", "copy", n=80)
+    submit(engine, "reverse-l1", "reverse", n=80)
+    teacher = TeacherConfig(policy="round_robin", round_steps=4, eval_probes=4)
+    learner = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=4,
+                           candidate_every=4)  # fmt: skip
+    learner.run()
+    with engine.connect() as conn:
+        decisions = recent_decisions(conn, 10)
+        evaluated = evaluated_bucket_ids(conn, 1)
+        names = {b.id: name for name, b in bucket_catalog(conn).items()}
+    assert [d.bucket for d in decisions] == ["copy-l1"]  # one round: reverse-l1 untrained
+    assert {"copy-l1", "reverse-l1"} <= {names[i] for i in evaluated}
 
 
 def test_learner_scores_difficulty_in_the_background(
