@@ -174,6 +174,9 @@ class GenerationParams:
     seed: int | None = None
 
 
+ROUND_ANSWERS = ("forced", "generated")
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     """How the learner consults the teacher (``teacher/``): the policy and its rounds.
@@ -202,6 +205,11 @@ class TeacherConfig:
     # When the policy decides to rest (no learnable arm), the learner trains nothing for
     # this long, or until a new bucket or new data arrives, then asks again.
     rest_seconds: float = field(default=30.0, metadata=POSITIVE)
+    # How round-end and placement evaluations tell right answers: "forced", from the
+    # teacher-forced pass that measures the held-out loss (for exact and numeric graders:
+    # the greedy answer is the target iff every target token is the argmax), or
+    # "generated", by decoding the answers as candidates do (other graders always do).
+    round_answers: str = "forced"
 
     def harm_config(self) -> HarmConfig:
         """The harm watch's own config (validated there)."""
@@ -218,6 +226,11 @@ class TeacherConfig:
         from teacher.policies import make_policy
 
         validate(self)
+        if self.round_answers not in ROUND_ANSWERS:
+            raise ValueError(
+                f"TeacherConfig.round_answers must be one of {ROUND_ANSWERS}, "
+                f"got {self.round_answers!r}"
+            )
         self.harm_config()
         try:
             make_policy(self.policy, dict(self.options))

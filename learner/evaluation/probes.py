@@ -17,10 +17,10 @@ from transformers import PreTrainedTokenizerBase
 
 from learner.evaluation.graders import get_grader
 from learner.model.generate import TransformersDecoder, judged_answers
-from learner.model.loading import encode_examples, per_example_loss
+from learner.model.loading import batch_logits, encode_examples, forced_match, target_loss
 from learner.store.probes import ProbeSet
 
-#: Probes per teacher-forced forward pass in :func:`probe_loss`.
+#: Probes per teacher-forced forward pass in :func:`forced_scores`.
 LOSS_BATCH = 64
 
 
@@ -75,26 +75,47 @@ def greedy_answers(
         return judged_answers(decoder, examples, max_new_tokens, batch_size)
 
 
-@torch.no_grad()
-def probe_loss(
+@dataclass(frozen=True)
+class ForcedScores:
+    """Teacher-forced scores of probes: per probe, the target's mean token cross-entropy
+    and whether the greedy answer would be the target exactly (:func:`forced_match`)."""
+
+    losses: list[float]
+    matches: list[bool]
+
+    @property
+    def mean_loss(self) -> float | None:
+        return sum(self.losses) / len(self.losses) if self.losses else None
+
+
+#: Graders for which an exact greedy answer is the only kind they accept (nearly: ``exact``
+#: strips whitespace, ``numeric`` reads the first number), so that the forced match is the
+#: graded answer without generating it.
+FORCED_GRADERS = ("exact", "numeric")
+
+
+def forced_scores(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[tuple[str, str]],
     max_length: int,
-) -> float | None:
-    """Mean per-token cross-entropy of the probes' targets (teacher forcing; None: none).
+) -> ForcedScores:
+    """Loss and forced match of every probe, one forward pass per batch of LOSS_BATCH.
 
-    A held-out signal that moves before exact-match accuracy does: a slow starter's
-    targets become likelier long before a whole answer is right, while random targets
-    (a bucket that cannot be learned) stop getting likelier once their alphabet is known.
-    One forward pass per batch, far cheaper than generating the answers.
+    The held-out loss moves before exact-match accuracy does: a slow starter's targets
+    become likelier long before a whole answer is right, while random targets (a bucket
+    that cannot be learned) stop getting likelier once their alphabet is known. The forced
+    match gives the exact-match accuracy from the same pass, far cheaper than generating
+    the answers (a decode is one forward pass per answer token).
     """
-    if not examples:
-        return None
     device = next(model.parameters()).device
     losses: list[float] = []
-    with eval_mode(model):
+    matches: list[bool] = []
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(examples), LOSS_BATCH):
             batch = encode_examples(tokenizer, examples[start : start + LOSS_BATCH], max_length)
-            losses += per_example_loss(model, batch.to(device)).tolist()  # (B,)
-    return sum(losses) / len(losses)
+            batch = batch.to(device)
+            logits = batch_logits(model, batch)  # (B, T, V)
+            losses += target_loss(logits, batch.labels).tolist()  # (B,)
+            matches += forced_match(logits, batch.labels).tolist()  # (B,)
+    return ForcedScores(losses, matches)

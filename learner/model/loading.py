@@ -139,6 +139,17 @@ def target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return token_loss.sum(dim=1) / n_tokens
 
 
+def forced_match(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Whether greedy decoding would answer each example with exactly its target, ``(B,)``
+    bool from logits ``(B, T, V)``: the argmax at every target position, the EOS after it
+    included, is the label. Greedy decoding takes the argmax token by token, so it emits
+    the target and stops exactly when this holds (one forward pass instead of a decode)."""
+    predicted = logits[:, :-1, :].argmax(dim=-1)  # (B, T-1): position t predicts t+1
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    scored = shift_labels != IGNORE_INDEX
+    return ((predicted == shift_labels) | ~scored).all(dim=1) & scored.any(dim=1)
+
+
 def target_kl(
     logits: torch.Tensor,
     reference: torch.Tensor,

@@ -14,7 +14,12 @@ from sqlalchemy import Engine
 
 from learner.curriculum.ensemble import DifficultyScorer
 from learner.curriculum.rounds import Curriculum, Rest
-from learner.evaluation.probes import answer_probes, greedy_answers, probe_loss
+from learner.evaluation.probes import (
+    FORCED_GRADERS,
+    answer_probes,
+    forced_scores,
+    greedy_answers,
+)
 from learner.store.buckets import BucketInfo
 from learner.store.difficulty import bucket_difficulties, item_parameters
 from learner.store.probes import ProbeSet, load_probe_sets, load_watch_set
@@ -113,13 +118,22 @@ class RoundKeeper:
             self._update_ability()
 
     def evaluate(self, probes: ProbeSet) -> Evaluation:
-        """The current weights' greedy answers to the probes, graded, and their target loss."""
+        """The current weights on the probes: right or wrong per probe, and the target loss.
+
+        With ``round_answers`` "forced" and an exact or numeric grader, right means the
+        forced match of the loss's own forward pass: no answer is generated (decoding was
+        most of a round end's cost). Otherwise the greedy answers are decoded and graded."""
         model, tokenizer, config = self.trainer.model, self.trainer.tokenizer, self.trainer.config
-        results = answer_probes(model, tokenizer, probes, config.max_new_tokens)
+        forced = forced_scores(model, tokenizer, probes.examples, config.max_length)
+        if self.curriculum.config.round_answers == "forced" and probes.grader in FORCED_GRADERS:
+            correct = forced.matches
+        else:
+            results = answer_probes(model, tokenizer, probes, config.max_new_tokens)
+            correct = [a.correct for a in results]
         return Evaluation(
-            accuracy=sum(a.correct for a in results) / len(results),
-            answers={a.example_id: a.correct for a in results},
-            heldout_loss=probe_loss(model, tokenizer, probes.examples, config.max_length),
+            accuracy=sum(correct) / len(correct),
+            answers=dict(zip(probes.ids, correct, strict=True)),
+            heldout_loss=forced.mean_loss,
         )
 
     def refresh_difficulties(self, buckets: dict[str, BucketInfo]) -> None:
@@ -160,13 +174,14 @@ class RoundKeeper:
             watch = load_watch_set(conn, self.is_refusal, self.curriculum.config.watch_probes)
         if watch is None:
             return None
-        texts = greedy_answers(
-            self.trainer.model,
-            self.trainer.tokenizer,
-            watch.examples,
-            self.trainer.config.max_new_tokens,
-        )
-        return sum(self.is_refusal(t) for t in texts) / len(texts)
+        model, tokenizer, config = self.trainer.model, self.trainer.tokenizer, self.trainer.config
+        # A probe whose refusal target is the forced greedy answer is refused (the watch
+        # sample's targets are refusals): only the others are decoded and judged.
+        forced = forced_scores(model, tokenizer, watch.examples, config.max_length).matches
+        rest = [example for example, match in zip(watch.examples, forced, strict=True) if not match]
+        texts = greedy_answers(model, tokenizer, rest, config.max_new_tokens) if rest else []
+        refused = sum(forced) + sum(self.is_refusal(t) for t in texts)
+        return refused / len(watch.examples)
 
     def _watch_alignment(self, arm: str) -> str | None:
         """Charge the change of the watched refusal rate to the round's arm (teacher.harm)."""
