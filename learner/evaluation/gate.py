@@ -58,6 +58,9 @@ class GateConfig:
     # rates' base floor (None: off). The forgetting check's noise test lets drops that are
     # small at each promotion through, and they add up over a lineage of promotions.
     kept_floor_tol: float | None = None
+    # A candidate answers its probes in this many blocks and stops once no remaining
+    # answer can change the verdict (learner.worker.curtail; 1: every probe, always).
+    looks: int = 4
 
     def __post_init__(self) -> None:
         if self.kept_floor_tol is not None and not 0.0 <= self.kept_floor_tol <= 1.0:
@@ -71,7 +74,7 @@ class GateConfig:
             raise ValueError(f"GateConfig.min_gain must be in [-1, 1), got {self.min_gain}")
         if not 0.0 < self.alpha <= 0.5:
             raise ValueError(f"GateConfig.alpha must be in (0, 0.5], got {self.alpha}")
-        counts = ("reset_after_rejections", "keep_candidates", "eval_max_probes")
+        counts = ("reset_after_rejections", "keep_candidates", "eval_max_probes", "looks")
         for name in (*counts, "alignment_max_probes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GateConfig.{name} must be >= 1, got {getattr(self, name)}")

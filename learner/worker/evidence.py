@@ -20,6 +20,9 @@ from learner.evaluation.refusal import RefusalDetector
 from learner.store.evaluations import StoredAnswer
 from learner.store.probes import ProbeSet
 
+# The two alignment rates of the gate.
+HARMFUL_RATE = "refusal rate on harmful prompts"
+BENIGN_RATE = "answer rate on benign prompts"
 # A general-suite bucket -> the label of its requests (harmful | benign).
 LABEL_OF_BUCKET = {bucket: label for label, bucket in GENERAL_SUITE.items()}
 
@@ -65,6 +68,13 @@ class References:
         return have
 
 
+def is_harmful_request(probes: ProbeSet, target: str, is_refusal: Callable[[str], bool]) -> bool:
+    """Whether an alignment probe is a harmful request: the general suite's buckets say
+    what each request is; elsewhere a refusal as the target marks a harmful request."""
+    label = LABEL_OF_BUCKET.get(probes.bucket)
+    return label == "harmful" if label is not None else is_refusal(target)
+
+
 def best_earlier(
     stored: dict[Model, dict[int, StoredAnswer]],
     candidates: list[Model],
@@ -104,7 +114,8 @@ def gather(
         answers = candidate(probes)
         ev.candidate[probes.bucket_id] = answers
         mine = {a.example_id: a.correct for a in answers}
-        ev.accuracy[probes.bucket] = sum(mine.values()) / len(mine)
+        if mine:
+            ev.accuracy[probes.bucket] = sum(mine.values()) / len(mine)
         active_answers = refs.answers(active, probes, ev)
         active_ok = {i: a.correct for i, a in active_answers.items()}
         references = {f"{version_name(active)} (active)": active_ok}
@@ -128,21 +139,17 @@ def gather(
                 "base": {i: a.answer for i, a in base_answers.items()},
                 "active": {i: a.answer for i, a in active_answers.items()},
             }
-            label = LABEL_OF_BUCKET.get(probes.bucket)
             for (_, target), eid in zip(probes.examples, probes.ids, strict=True):
-                # The general suite's buckets say what each request is; elsewhere a
-                # refusal as the target marks a harmful request.
-                refuse = label == "harmful" if label is not None else is_refusal(target)
+                refuse = is_harmful_request(probes, target, is_refusal)
                 pool = harmful if refuse else benign
                 for who, by_id in texts.items():
                     if eid in by_id:
                         refused = is_refusal(by_id[eid])
                         pool[who][eid] = refused if pool is harmful else not refused
-    for name, pool in (
-        ("refusal rate on harmful prompts", harmful),
-        ("answer rate on benign prompts", benign),
-    ):
-        if pool["candidate"]:
+    for name, pool in ((HARMFUL_RATE, harmful), (BENIGN_RATE, benign)):
+        # A rate with no candidate answer yet (a curtailed judgement's first blocks) is
+        # kept for its references: learner.worker.curtail fills in the rest.
+        if any(pool.values()):
             ev.alignment.append(
                 RateEvidence(
                     name=name,

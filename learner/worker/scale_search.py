@@ -47,10 +47,17 @@ import torch
 from peft.utils import load_peft_weights
 from safetensors.torch import save_file
 
-from learner.evaluation.gate import GateConfig, GateReport, run_gate
+from learner.evaluation.gate import (
+    BucketEvidence,
+    GateConfig,
+    GateReport,
+    RateEvidence,
+    run_gate,
+)
 from learner.evaluation.probes import ProbeAnswer
 from learner.evaluation.refusal import RefusalDetector
 from learner.store.probes import ProbeSet
+from learner.worker.curtail import curtailed
 from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
 
 ScaledAnswerer = Callable[[float], Answerer]  # scale -> the candidate's answers at that scale
@@ -229,12 +236,21 @@ class _Judge:
     fresh: list[Evidence] = field(default_factory=list)  # every gathered evidence
 
     def __call__(self, sets: list[ProbeSet], answer: Answerer) -> tuple[Evidence, GateReport]:
+        """The verdict, from as few blocks of probes as decide it (learner.worker.curtail);
+        ``answer`` caches, so a probe is answered once however many looks ask for it."""
+        evidence, report = curtailed(sets, answer, self.gather, self.run_gate, self.is_refusal,
+                                     self.gate.looks)  # fmt: skip
+        return evidence, report
+
+    def gather(self, sets: list[ProbeSet], answer: Answerer) -> Evidence:
+        """Every probe of ``sets`` that ``answer`` answers, with its references."""
         evidence = gather(sets, answer, self.refs, self.active, self.parents, self.trained,
                           self.is_refusal)  # fmt: skip
         self.fresh.append(evidence)
-        report = run_gate(self.gate, evidence.buckets, evidence.alignment,
-                          version_name(self.active))  # fmt: skip
-        return evidence, report
+        return evidence
+
+    def run_gate(self, buckets: list[BucketEvidence], alignment: list[RateEvidence]) -> GateReport:
+        return run_gate(self.gate, buckets, alignment, version_name(self.active))
 
 
 def search_scale(
@@ -251,7 +267,7 @@ def search_scale(
     judge = _Judge(refs, active, parents, trained, gate, is_refusal)
     scales = sorted(gate.scales, reverse=True)
     if len(scales) == 1:  # nothing to choose: the gate on every probe, as without a search
-        evidence, report = judge(sets, answer_at(scales[0]))
+        evidence, report = judge(sets, CachedAnswers(answer_at(scales[0])))
         result = SearchResult(scales[0], report, evidence)
         result.trials.append(ScaleTrial(scales[0], "all", report.verdict, report.summary))
         return _with_new_references(result, judge.fresh)
@@ -265,7 +281,9 @@ def search_scale(
             _, confirmed = judge(confirmation, answers[scale])
             trials.append(ScaleTrial(scale, "confirmation", confirmed.verdict, confirmed.summary))
             if confirmed.verdict == "promote":
-                evidence, _ = judge(sets, answers[scale])  # every answer is cached by now
+                # Every probe answered (most are cached by now): the promoted version's
+                # answers are every later candidate's reference.
+                evidence = judge.gather(sets, answers[scale])
                 result = SearchResult(scale, confirmed, evidence, trials)
                 return _with_new_references(result, judge.fresh)
             break  # one confirmation only: a second try would spend its error rate again

@@ -192,10 +192,16 @@ def test_unscaled_candidate_that_passes_keeps_scale_one() -> None:
 
 
 def test_no_passing_scale_gives_the_unscaled_verdict_on_every_probe() -> None:
-    result, _ = _search(GateConfig(), breaks_above=0.0)  # every scale loses refusals
+    result, _ = _search(GateConfig(looks=1), breaks_above=0.0)  # every scale loses refusals
     assert result.report.verdict == "reject" and result.scale == 1.0
     assert result.trials[-1].part == "all" and result.trials[-1].scale == 1.0
     assert len(result.evidence.candidate[2]) == 400
+    # Judged in blocks, the same verdict from the first quarter of the probes: the lost
+    # refusals fail the check however the other three quarters would be answered.
+    curtailed, _ = _search(GateConfig(), breaks_above=0.0)
+    assert [t.verdict for t in curtailed.trials] == [t.verdict for t in result.trials]
+    assert len(curtailed.evidence.candidate[2]) == 100
+    assert "decided after 150 of 600 probes" in curtailed.report.summary
 
 
 def test_a_single_scale_is_the_gate_as_before() -> None:
