@@ -55,6 +55,7 @@ from learner.builtin.families import make_examples  # noqa: E402
 from learner.builtin.model import BuiltinConfig, ensure_builtin_model  # noqa: E402
 from learner.builtin.suites import ensure_alignment_suite  # noqa: E402
 from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig  # noqa: E402
+from learner.evaluation.gate import GateConfig  # noqa: E402
 from learner.model.loading import (  # noqa: E402
     load_base,
     pad_rows,
@@ -92,6 +93,8 @@ class BenchConfig:
     background_candidates: bool = False
     database_url: str | None = None
     cores: int = 0  # CPU cores the process may use (0: all; os.sched_setaffinity)
+    looks: int = GateConfig.looks  # blocks a candidate's probes are judged in (1: all at once)
+    round_answers: str = TeacherConfig.round_answers  # "forced" or "generated"
 
 
 def load_examples(n: int) -> dict[str, list[tuple[str, str]]]:
@@ -210,7 +213,8 @@ def full_loop(cfg: BenchConfig, model_dir: Path, work: Path,
         engine, learner_config(cfg), work / "data", model_dir, str(model_dir),
         holder="bench-learner",
         difficulty=DifficultyConfig() if cfg.difficulty else None,
-        teacher=TeacherConfig(),
+        teacher=TeacherConfig(round_answers=cfg.round_answers),
+        gate=GateConfig(looks=cfg.looks),
     )  # fmt: skip
     stop = threading.Event()
     assert learner.wait_for_lease(stop)

@@ -17,11 +17,21 @@ from transformers import PreTrainedTokenizerBase
 
 from learner.evaluation.graders import get_grader
 from learner.model.generate import TransformersDecoder, judged_answers
-from learner.model.loading import batch_logits, encode_examples, forced_match, target_loss
+from learner.model.loading import (
+    batch_logits,
+    forced_match,
+    pad_rows,
+    prompt_ids,
+    target_loss,
+    tokenize_examples,
+)
 from learner.store.probes import ProbeSet
 
-#: Probes per teacher-forced forward pass in :func:`forced_scores`.
+#: Probes and padded tokens per teacher-forced forward pass in :func:`forced_scores`.
 LOSS_BATCH = 64
+FORCED_TOKENS = 8192
+#: Tokens of a teacher-forced row in :func:`forced_answers` (longer probes are decoded).
+FORCED_MAX_LENGTH = 1024
 
 
 @contextmanager
@@ -52,13 +62,45 @@ def answer_probes(
     max_new_tokens: int,
     batch_size: int = 64,
 ) -> list[ProbeAnswer]:
-    """The model's greedy answer to every probe of the set, graded."""
-    texts = greedy_answers(model, tokenizer, probes.examples, max_new_tokens, batch_size=batch_size)
+    """The model's greedy answer to every probe of the set, graded.
+
+    Forced first: a probe whose greedy answer is its target (:func:`forced_answers`, one
+    teacher-forced pass over the set) is not decoded; only the others are. The answers
+    are the same as decoding every probe, for a fraction of the cost when most answers
+    are right (a learned bucket, an alignment suite the model keeps)."""
+    texts = forced_answers(model, tokenizer, probes, max_new_tokens)
+    rest = probes.only(set(probes.ids) - texts.keys())
+    decoded = greedy_answers(model, tokenizer, rest.examples, max_new_tokens, batch_size=batch_size)
+    texts.update(zip(rest.ids, decoded, strict=True))
     grade = get_grader(probes.grader)
     return [
-        ProbeAnswer(eid, bool(grade(text, target)), text)
-        for eid, text, (_, target) in zip(probes.ids, texts, probes.examples, strict=True)
+        ProbeAnswer(eid, bool(grade(texts[eid], target)), texts[eid])
+        for eid, (_, target) in zip(probes.ids, probes.examples, strict=True)
     ]
+
+
+def forced_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    probes: ProbeSet,
+    max_new_tokens: int,
+) -> dict[int, str]:
+    """Probe id -> its greedy answer, for the probes whose greedy answer is their target
+    (:func:`learner.model.loading.forced_match`): the text decoding would give, the
+    target's tokens decoded. Left out: targets longer than ``max_new_tokens`` (decoding
+    would cut them) and probes too long for one teacher-forced row."""
+    if not probes.ids:
+        return {}
+    matches = forced_scores(model, tokenizer, probes.examples, FORCED_MAX_LENGTH).matches
+    texts: dict[int, str] = {}
+    for eid, (prompt, target), match in zip(probes.ids, probes.examples, matches, strict=True):
+        if not match:
+            continue
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        whole = len(prompt_ids(tokenizer, prompt)) + len(target_ids) + 1 <= FORCED_MAX_LENGTH
+        if whole and len(target_ids) <= max_new_tokens:
+            texts[eid] = str(tokenizer.decode(target_ids, skip_special_tokens=True))
+    return texts
 
 
 def greedy_answers(
@@ -100,7 +142,8 @@ def forced_scores(
     examples: Sequence[tuple[str, str]],
     max_length: int,
 ) -> ForcedScores:
-    """Loss and forced match of every probe, one forward pass per batch of LOSS_BATCH.
+    """Loss and forced match of every probe, from teacher-forced passes over batches of
+    similar length (at most FORCED_TOKENS padded tokens each: the logits are (B, T, V)).
 
     The held-out loss moves before exact-match accuracy does: a slow starter's targets
     become likelier long before a whole answer is right, while random targets (a bucket
@@ -109,13 +152,32 @@ def forced_scores(
     the answers (a decode is one forward pass per answer token).
     """
     device = next(model.parameters()).device
-    losses: list[float] = []
-    matches: list[bool] = []
+    rows = tokenize_examples(tokenizer, examples, max_length)
+    losses = [0.0] * len(rows)
+    matches = [False] * len(rows)
     with eval_mode(model), torch.inference_mode():
-        for start in range(0, len(examples), LOSS_BATCH):
-            batch = encode_examples(tokenizer, examples[start : start + LOSS_BATCH], max_length)
-            batch = batch.to(device)
+        for group in _token_batches([len(p) + len(t) for p, t in rows]):
+            batch = pad_rows([rows[i] for i in group], tokenizer.pad_token_id).to(device)
             logits = batch_logits(model, batch)  # (B, T, V)
-            losses += target_loss(logits, batch.labels).tolist()  # (B,)
-            matches += forced_match(logits, batch.labels).tolist()  # (B,)
+            loss = target_loss(logits, batch.labels).tolist()  # (B,)
+            match = forced_match(logits, batch.labels).tolist()  # (B,)
+            for k, i in enumerate(group):
+                losses[i], matches[i] = loss[k], match[k]
     return ForcedScores(losses, matches)
+
+
+def _token_batches(lengths: Sequence[int]) -> list[list[int]]:
+    """Row indices, shortest first, in batches of at most LOSS_BATCH rows and
+    FORCED_TOKENS padded tokens."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        current = batches[-1] if batches else None
+        if (
+            current is None
+            or len(current) >= LOSS_BATCH
+            or (len(current) + 1) * lengths[i] > FORCED_TOKENS
+        ):
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches

@@ -14,12 +14,7 @@ from sqlalchemy import Engine
 
 from learner.curriculum.ensemble import DifficultyScorer
 from learner.curriculum.rounds import Curriculum, Rest
-from learner.evaluation.probes import (
-    FORCED_GRADERS,
-    answer_probes,
-    forced_scores,
-    greedy_answers,
-)
+from learner.evaluation.probes import FORCED_GRADERS, answer_probes, forced_scores
 from learner.store.buckets import BucketInfo
 from learner.store.difficulty import bucket_difficulties, item_parameters
 from learner.store.probes import ProbeSet, load_probe_sets, load_watch_set
@@ -174,14 +169,12 @@ class RoundKeeper:
             watch = load_watch_set(conn, self.is_refusal, self.curriculum.config.watch_probes)
         if watch is None:
             return None
-        model, tokenizer, config = self.trainer.model, self.trainer.tokenizer, self.trainer.config
-        # A probe whose refusal target is the forced greedy answer is refused (the watch
-        # sample's targets are refusals): only the others are decoded and judged.
-        forced = forced_scores(model, tokenizer, watch.examples, config.max_length).matches
-        rest = [example for example, match in zip(watch.examples, forced, strict=True) if not match]
-        texts = greedy_answers(model, tokenizer, rest, config.max_new_tokens) if rest else []
-        refused = sum(forced) + sum(self.is_refusal(t) for t in texts)
-        return refused / len(watch.examples)
+        # Forced first (answer_probes): a model that still refuses in the target's words
+        # needs no decoding.
+        answers = answer_probes(
+            self.trainer.model, self.trainer.tokenizer, watch, self.trainer.config.max_new_tokens
+        )
+        return sum(self.is_refusal(a.answer) for a in answers) / len(answers)
 
     def _watch_alignment(self, arm: str) -> str | None:
         """Charge the change of the watched refusal rate to the round's arm (teacher.harm)."""

@@ -16,19 +16,14 @@ the candidate's (every LoRA parameter ``ref + s * (own - ref)``, :func:`interpol
 it learned. (Scaling the whole delta from the base undid the active version's gain as
 well: in a sort run every later candidate then failed its gain check.)
 
-Once a version is active, the interpolation runs from the *active version's* adapter to
-the candidate's (every LoRA parameter ``ref + s * (own - ref)``, :func:`interpolated`):
-``s = 0`` is then the active version, which passed already, and a smaller step keeps what
-it learned. (Scaling the whole delta from the base undid the active version's gain as
-well: in a sort run every later candidate then failed its gain check.)
-
 Trying several scales on the same probes would raise the chance that a harmful scale
 passes by luck. So the probes are split in two fixed halves (by a hash of the example
 id): the scale is *chosen* on the selection half (the largest that passes every check of
 the gate) and *confirmed* once on the confirmation half, whose answers played no part in
 the choice, so the confirmation keeps the gate's error rates. Each extra scale costs only
-the candidate's answers on one half: the base's and the active version's answers are
-stored and reused (:class:`~learner.worker.evidence.References`).
+the candidate's answers on one half, and a scale that cannot pass stops early
+(:mod:`learner.worker.curtail`): the base's and the active version's answers are stored
+and reused (:class:`~learner.worker.evidence.References`).
 
 When no scale is confirmed, the verdict is the unscaled candidate's on all probes, as
 without a search (reject or hold); a verdict of "promote" there (possible when the halves
