@@ -1,6 +1,7 @@
 """The ``lifelong`` command line (typer): the service itself (``serve``, ``learner``), its
-database (``keys``, ``db``), its builtin base models (``builtin``), and a client of a running
-server (``submit``, ``buckets``, ``teacher``, ``adapters``, ``eval``, ``status``)."""
+database and files (``keys``, ``db``, ``backup``, ``restore``), its builtin base models
+(``builtin``), and a client of a running server (``submit``, ``buckets``, ``teacher``,
+``adapters``, ``eval``, ``status``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 
 import typer
 
-from server.cli import adapters, builtin, local, remote
+from server.cli import adapters, backup, builtin, local, remote
 from server.cli.submit import submit
 
 HELP = """Keep a language model learning from task streams without forgetting.
@@ -34,6 +35,8 @@ app.command("serve", rich_help_panel="Service")(local.serve)
 app.command("learner", rich_help_panel="Service")(local.learner)
 app.add_typer(local.keys_app, name="keys", rich_help_panel="Service")
 app.command("db", rich_help_panel="Service")(local.db)
+app.command("backup", rich_help_panel="Service")(backup.backup)
+app.command("restore", rich_help_panel="Service")(backup.restore)
 app.add_typer(builtin.app, name="builtin", rich_help_panel="Service")
 
 app.command("submit", rich_help_panel="Client")(submit)
