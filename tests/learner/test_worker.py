@@ -294,18 +294,26 @@ def test_teacher_chooses_rounds_and_is_restored(
     assert buckets == ["copy-l1", "reverse-l1"] * 3  # the rotation went on where it was
 
 
+def run_on_two_buckets(
+    engine: Engine, tmp_path: Path, model_dir: Path, teacher: TeacherConfig, candidate_every: int
+) -> Learner:
+    """copy-l1 and reverse-l1 submitted, then 4 steps of a learner with this teacher."""
+    submit(engine, "copy-l1", "copy", n=80)
+    submit(engine, "reverse-l1", "reverse", n=80)
+    learner = make_learner(engine, tmp_path, model_dir, teacher, max_steps=4,
+                           candidate_every=candidate_every)  # fmt: skip
+    learner.run()
+    return learner
+
+
 def test_new_buckets_get_a_placement_evaluation_before_their_first_round(
     engine: Engine, tmp_path: Path, micro_model_dir: Path
 ) -> None:
     """Each bucket is evaluated once, untrained, before the teacher first decides on it:
     after one round each, lp_zpd has two points of each bucket's progress (placement and
     round end), and only the round-end one is in its stall window."""
-    submit(engine, "copy-l1", "copy", n=80)
-    submit(engine, "reverse-l1", "reverse", n=80)
     teacher = TeacherConfig(policy="lp_zpd", round_steps=2, eval_probes=4)
-    learner = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=4,
-                           candidate_every=100)  # fmt: skip
-    learner.run()
+    learner = run_on_two_buckets(engine, tmp_path, micro_model_dir, teacher, candidate_every=100)
     with engine.connect() as conn:
         decisions = recent_decisions(conn, 10)
     assert sorted(d.bucket for d in decisions) == ["copy-l1", "reverse-l1"]
@@ -321,12 +329,8 @@ def test_a_candidate_is_judged_on_buckets_it_was_not_trained_on(
 ) -> None:
     """A bucket the model knows when it arrives gets no round, so only the gate keeps it
     known: every active task bucket is in every candidate's evaluation, trained or not."""
-    submit(engine, "copy-l1", "copy", n=80)
-    submit(engine, "reverse-l1", "reverse", n=80)
     teacher = TeacherConfig(policy="round_robin", round_steps=4, eval_probes=4)
-    learner = make_learner(engine, tmp_path, micro_model_dir, teacher, max_steps=4,
-                           candidate_every=4)  # fmt: skip
-    learner.run()
+    run_on_two_buckets(engine, tmp_path, micro_model_dir, teacher, candidate_every=4)
     with engine.connect() as conn:
         decisions = recent_decisions(conn, 10)
         evaluated = evaluated_bucket_ids(conn, 1)
