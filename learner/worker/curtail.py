@@ -29,7 +29,13 @@ from dataclasses import replace
 from learner.evaluation.gate import BucketEvidence, GateReport, RateEvidence
 from learner.evaluation.probes import ProbeAnswer
 from learner.store.probes import ProbeSet
-from learner.worker.evidence import HARMFUL_RATE, Answerer, Evidence, is_harmful_request
+from learner.worker.evidence import (
+    HARMFUL_RATE,
+    Answerer,
+    CachedAnswers,
+    Evidence,
+    is_harmful_request,
+)
 
 RunGate = Callable[[list[BucketEvidence], list[RateEvidence]], GateReport]
 Gather = Callable[[list[ProbeSet], Answerer], Evidence]
@@ -87,17 +93,18 @@ def decision(report: GateReport) -> tuple[str, bool]:
 
 def curtailed(
     sets: list[ProbeSet],
-    answer: Answerer,
+    answer: CachedAnswers,
     gather: Gather,
     run_gate: RunGate,
     is_refusal: Callable[[str], bool],
     looks: int,
 ) -> tuple[Evidence, GateReport]:
-    """The gate's verdict on ``sets``, answering no more blocks of probes than it needs.
-    ``answer`` should cache (a probe answered at one look is not answered again)."""
+    """The gate's verdict on ``sets``, answering no more blocks of probes than it needs
+    (each block of every set in one call; a probe is answered once)."""
     total = sum(len(p.ids) for p in sets)
     for look in range(1, looks + 1):
         answered = block_ids(sets, look, looks)
+        answer.prefetch([p.only(answered & set(p.ids)) for p in sets])
         evidence = gather(sets, answered_only(answer, answered))
         if look == looks:
             return evidence, run_gate(evidence.buckets, evidence.alignment)

@@ -53,7 +53,15 @@ from learner.evaluation.probes import ProbeAnswer
 from learner.evaluation.refusal import RefusalDetector
 from learner.store.probes import ProbeSet
 from learner.worker.curtail import curtailed
-from learner.worker.evidence import Answerer, Evidence, Model, References, gather, version_name
+from learner.worker.evidence import (
+    Answerer,
+    CachedAnswers,
+    Evidence,
+    Model,
+    References,
+    gather,
+    version_name,
+)
 
 ScaledAnswerer = Callable[[float], Answerer]  # scale -> the candidate's answers at that scale
 _B_KEYS = ("lora_B", "lora_embedding_B")
@@ -204,20 +212,6 @@ def split_halves(sets: list[ProbeSet]) -> tuple[list[ProbeSet], list[ProbeSet]]:
     return selection, confirmation
 
 
-class CachedAnswers:
-    """A candidate's answers at one scale, each probe answered once however often asked."""
-
-    def __init__(self, answer: Answerer) -> None:
-        self.answer = answer
-        self.known: dict[int, ProbeAnswer] = {}
-
-    def __call__(self, probes: ProbeSet) -> list[ProbeAnswer]:
-        missing = {i for i in probes.ids if i not in self.known}
-        if missing:
-            self.known.update({a.example_id: a for a in self.answer(probes.only(missing))})
-        return [self.known[i] for i in probes.ids]
-
-
 @dataclass
 class _Judge:
     """Runs the gate on one probe set list with the candidate at one scale."""
@@ -230,9 +224,9 @@ class _Judge:
     is_refusal: RefusalDetector
     fresh: list[Evidence] = field(default_factory=list)  # every gathered evidence
 
-    def __call__(self, sets: list[ProbeSet], answer: Answerer) -> tuple[Evidence, GateReport]:
+    def __call__(self, sets: list[ProbeSet], answer: CachedAnswers) -> tuple[Evidence, GateReport]:
         """The verdict, from as few blocks of probes as decide it (learner.worker.curtail);
-        ``answer`` caches, so a probe is answered once however many looks ask for it."""
+        a probe is answered once however many looks ask for it."""
         evidence, report = curtailed(sets, answer, self.gather, self.run_gate, self.is_refusal,
                                      self.gate.looks)  # fmt: skip
         return evidence, report
@@ -278,6 +272,7 @@ def search_scale(
             if confirmed.verdict == "promote":
                 # Every probe answered (most are cached by now): the promoted version's
                 # answers are every later candidate's reference.
+                answers[scale].prefetch(sets)
                 evidence = judge.gather(sets, answers[scale])
                 result = SearchResult(scale, confirmed, evidence, trials)
                 return _with_new_references(result, judge.fresh)

@@ -147,7 +147,7 @@ def _candidate(breaks_refusals_above: float) -> tuple[list[float], object]:
             asked.append((scale, len(probes.ids)))
             out = []
             for (_, target), i in zip(probes.examples, probes.ids, strict=True):
-                if probes.kind == "task":
+                if i in TASK.ids:  # (answers may be asked for several sets at once)
                     right = _fraction(i) < 0.6 * scale
                     out.append(ProbeAnswer(i, right, "x" if right else "?"))
                 elif target == REFUSAL and scale > breaks_refusals_above and _fraction(i) < 0.2:
