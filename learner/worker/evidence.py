@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from learner.evaluation.gate import BucketEvidence, RateEvidence
 from learner.evaluation.general_suite import BUCKETS as GENERAL_SUITE
-from learner.evaluation.graders import get_grader
 from learner.evaluation.measures import lineage_of
 from learner.evaluation.probes import ProbeAnswer
 from learner.evaluation.refusal import RefusalDetector
@@ -33,11 +32,7 @@ Model = int | None  # an adapter version; None is the base model
 
 
 class CachedAnswers:
-    """A candidate's answers at one scale, each probe answered once however often asked.
-
-    :meth:`prefetch` answers the probes of several sets in one call: on a CPU a decoding
-    step costs about as much for 16 rows as for 64, so answering bucket by bucket (and,
-    when judging stops early, block by block) would multiply the decoding time."""
+    """A candidate's answers at one scale, each probe answered once however often asked."""
 
     def __init__(self, answer: Answerer) -> None:
         self.answer = answer
@@ -50,22 +45,10 @@ class CachedAnswers:
         return [self.known[i] for i in probes.ids]
 
     def prefetch(self, sets: list[ProbeSet]) -> None:
-        """Answer every probe of ``sets`` not known yet, all in one call; each answer is
-        graded by its own set's grader."""
-        missing = [p.only(set(p.ids) - self.known.keys()) for p in sets]
-        missing = [p for p in missing if p.ids]
-        if not missing:
-            return
-        merged = ProbeSet(
-            0, "merged", "exact",
-            tuple(e for p in missing for e in p.examples),
-            tuple(i for p in missing for i in p.ids),
-        )  # fmt: skip
-        texts = {a.example_id: a.answer for a in self.answer(merged)}
-        for probes in missing:
-            grade = get_grader(probes.grader)
-            for eid, (_, target) in zip(probes.ids, probes.examples, strict=True):
-                self.known[eid] = ProbeAnswer(eid, bool(grade(texts[eid], target)), texts[eid])
+        """Answer every probe of ``sets`` not known yet, one call per set (the sets'
+        probes merged into one call decode to the longest set's cap: measured slower)."""
+        for probes in sets:
+            self(probes)
 
 
 def version_name(version: Model) -> str:

@@ -15,13 +15,10 @@ from learner.evaluation.graders import get_grader
 from learner.evaluation.probes import (
     FORCED_GRADERS,
     _token_batches,
-    answer_probes,
-    forced_answers,
     forced_scores,
     greedy_answers,
 )
 from learner.model.loading import encode_examples, forced_match, load_base
-from learner.store.probes import ProbeSet
 
 # Where the shipped small model answers some right (8-19 of 40), and some it never does.
 CASES = [("copy", 1), ("reverse", 1), ("sort", 1), ("addition", 1), ("comparison", 1),
@@ -75,29 +72,6 @@ def test_forced_scores_loss_is_the_mean_target_loss(small: tuple) -> None:
         expected = per_example_loss(model.eval(), batch).tolist()
     assert scores.losses == pytest.approx(expected, rel=1e-4)
     assert scores.mean_loss == pytest.approx(sum(expected) / len(expected), rel=1e-4)
-
-
-def test_answer_probes_decodes_only_what_the_forced_pass_leaves_open(small: tuple) -> None:
-    """Forced first: the same answers (text and grade) as decoding every probe."""
-    model, tokenizer = small
-    for family, level in CASES:
-        rows = make_examples(family, 24, level, seed=5)
-        probes = ProbeSet(1, family, FAMILIES[family].grader,
-                          tuple((e["prompt"], e["target"]) for e in rows),
-                          tuple(range(100, 100 + len(rows))))  # fmt: skip
-        texts = greedy_answers(model, tokenizer, probes.examples, 32)
-        grade = get_grader(probes.grader)
-        targets = [t for _, t in probes.examples]
-        expected = [
-            (i, grade(text, target), text)
-            for i, text, target in zip(probes.ids, texts, targets, strict=True)
-        ]
-        answers = answer_probes(model, tokenizer, probes, 32)
-        assert [(a.example_id, a.correct, a.answer) for a in answers] == expected, family
-        forced = forced_answers(model, tokenizer, probes, 32)
-        assert all(texts[probes.ids.index(i)] == text for i, text in forced.items())
-        if probes.grader == "exact":  # here every right answer is a forced match
-            assert set(forced) == {i for i, right, _ in expected if right}
 
 
 def test_token_batches_bound_rows_and_padded_tokens() -> None:

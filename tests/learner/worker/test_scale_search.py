@@ -198,7 +198,7 @@ def test_no_passing_scale_gives_the_unscaled_verdict_on_every_probe() -> None:
     assert len(result.evidence.candidate[2]) == 400
     # Judged in blocks, the same verdict from the first quarter of the probes: the lost
     # refusals fail the check however the other three quarters would be answered.
-    curtailed, _ = _search(GateConfig(), breaks_above=0.0)
+    curtailed, _ = _search(GateConfig(looks=4), breaks_above=0.0)
     assert [t.verdict for t in curtailed.trials] == [t.verdict for t in result.trials]
     assert len(curtailed.evidence.candidate[2]) == 100
     assert "decided after 150 of 600 probes" in curtailed.report.summary
