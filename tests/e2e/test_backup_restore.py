@@ -42,6 +42,12 @@ def lifelong(*args: str) -> str:
     return done.stdout
 
 
+def model_loaded(http: Any) -> bool:
+    """Completions answer (a server is ready before its model is loaded: 503 until then)."""
+    body = {"model": "base", "prompt": "copy ab =", "max_tokens": 1}
+    return bool(http.post("/v1/completions", json=body).status_code == 200)
+
+
 def backed_up_active(backup: Path) -> int | None:
     """The active version in the backup's database (the newest promote or rollback)."""
     db = sqlite3.connect(backup / "lifelong.db")
@@ -74,10 +80,11 @@ def test_backup_while_training_then_restore(start_server: Any, tmp_path: Path) -
     server.stop()
 
     out = lifelong("restore", str(backup), "--data-dir", str(restored))
-    assert (restored / "lifelong.db").is_file() and (restored / "admin.key").is_file()
+    assert (restored / "lifelong.db").is_file() and (restored / "adapters").is_dir()
     again = start_server(f"sqlite:///{restored / 'lifelong.db'}", learner=True, env=ENV,
                          data_dir=restored)  # fmt: skip
     with again.client("admin", timeout=120) as http:
+        again.wait_for(lambda: model_loaded(http), 60, "the base model")
         active = http.get("/v1/adapters/active").json()
         # The restored learner may have promoted another version by now: the backup's
         # active version is this one or its ancestor, and answers as it did.
