@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from learner.fsutil import write_json_atomically
+from learner.store.snapshot import database_name, sqlite_path, sqlite_snapshot
 from learner.training.checkpoint import CheckpointDir
 
 DATABASE_FILE = "lifelong.db"  # the SQLite database in a backup
@@ -99,14 +97,6 @@ def _copy_checkpoint(src: Path, dest: Path, attempts: int = 3) -> int:
     raise RuntimeError("the learner's checkpoints kept changing during the backup; try again")
 
 
-def sqlite_path(database_url: str) -> Path | None:
-    """The file of a SQLite URL (None: another database)."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database).resolve()
-
-
 def backup(data_dir: Path, database_url: str, dest: Path) -> BackupResult:
     """Copy the service's state into ``dest`` (which must not exist or be empty)."""
     data_dir, dest = data_dir.resolve(), dest.resolve()
@@ -118,7 +108,7 @@ def backup(data_dir: Path, database_url: str, dest: Path) -> BackupResult:
     database = sqlite_path(database_url)
     files = _copy_checkpoint(data_dir / CHECKPOINTS, dest / CHECKPOINTS)
     if database is not None:
-        _sqlite_snapshot(database, dest / DATABASE_FILE)
+        sqlite_snapshot(database, dest / DATABASE_FILE)
         files += 1
     else:
         (dest / NOTE_FILE).write_text(_postgres_note(database_url))
@@ -131,20 +121,8 @@ def backup(data_dir: Path, database_url: str, dest: Path) -> BackupResult:
     return BackupResult(dest, "sqlite" if database is not None else "postgresql", files)
 
 
-def _sqlite_snapshot(database: Path, dest: Path) -> None:
-    """SQLite's online backup: a consistent copy while other connections write (pages
-    written during the copy restart it, so it always ends with one instant's state)."""
-    source = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
-    target = sqlite3.connect(dest)
-    try:
-        source.backup(target)
-    finally:
-        target.close()
-        source.close()
-
-
 def _postgres_note(database_url: str) -> str:
-    name = make_url(database_url).database
+    name = database_name(database_url)
     return (
         "This backup holds the data directory's files, not the PostgreSQL database.\n"
         "For a matching pair: pause the learner (POST /v1/learner/pause), then\n"

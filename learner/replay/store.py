@@ -132,20 +132,17 @@ class ReplayStore:
 
     def refresh(self) -> int:
         """Index the train examples committed since the last refresh; returns how many."""
-        return len(self._refresh())
-
-    def _refresh(self) -> set[int]:
-        """:meth:`refresh`; returns the ids it indexed."""
         with self._lock, self._read() as conn:
             rows = self._feed.poll(conn)
             if self._excluded:
                 rows = rows.select(~np.isin(rows.bucket_ids, list(self._excluded)))
             if not set(np.unique(rows.bucket_ids).tolist()) <= self._names.keys():
                 self._names = storage.bucket_names(conn)
+            before = len(self._index)
             entered = self._index.insert(rows.ids, rows.bucket_ids, rows.priorities)
             self._writer.add_entries(entered, np.full(entered.size, self._index.max_priority))
             self._last_refresh = time.monotonic()
-            return set(entered.tolist())
+            return len(self._index) - before
 
     def refresh_if_due(self) -> int:
         """:meth:`refresh` when ``refresh_interval`` has passed since the last one.
@@ -183,16 +180,8 @@ class ReplayStore:
                     ingest_batch(conn, bucket, new[start : start + limit], **options)
                 hashes = [content_hash(bucket, ex.prompt, ex.target) for ex in new]
                 by_hash = storage.example_ids(conn, bucket, sorted(set(hashes)))
-            ids = [by_hash[h] for h in hashes]
-            indexed = self._refresh()
-            # The texts are at hand: cache the ones now sampleable, so that the first draws
-            # of them read no SQL (stored as given: ingestion keeps the texts as they are).
-            cached = [(i, ex) for i, ex in zip(ids, new, strict=True) if i in indexed]
-            if cached:
-                keys = [self._bucket_key(bucket)] * len(cached)
-                prompts, targets = [ex.prompt for _, ex in cached], [ex.target for _, ex in cached]
-                self._texts.put([i for i, _ in cached], keys, prompts, targets)
-        return ids
+            self.refresh()
+        return [by_hash[h] for h in hashes]
 
     def sample(
         self,
