@@ -145,11 +145,11 @@ def restore(src: Path, data_dir: Path, database_url: str) -> int:
         raise ValueError("the backup holds a SQLite database; restore it with a SQLite URL")
     if not backed_up.is_file() and database is not None:
         raise ValueError(f"the backup holds no database ({NOTE_FILE} says how to pair it)")
+    if database is not None and database.exists():
+        raise ValueError(f"{database} exists: restore only into a new database")
     data_dir.mkdir(parents=True, exist_ok=True)
     files = _copy_tree(src, data_dir, {backed_up, src / NOTE_FILE})
     if database is not None:
-        if database.exists():
-            raise ValueError(f"{database} exists: restore only into a new database")
         database.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(backed_up, database)
         files += 1

@@ -33,7 +33,7 @@ from learner.evaluation.probes import ProbeAnswer, answer_probes
 from learner.evaluation.refusal import RefusalDetector, make_detector
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically
 from learner.model import registry
-from learner.store.buckets import bucket_catalog, bucket_ids_of_kind
+from learner.store.buckets import bucket_catalog
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
 from learner.store.probes import ProbeSet, load_probe_sets
 from learner.training.replica import EvalReplica
@@ -210,10 +210,9 @@ class CandidateMaker:
         trained since, every alignment bucket, and every active task bucket: a bucket the
         model already knows when it arrives never becomes a focus (the teacher's placement
         evaluation finds it mastered), and only the gate keeps it known."""
-        alignment = bucket_ids_of_kind(conn, "alignment")
-        tasks = [b.id for b in bucket_catalog(conn).values()
-                 if b.kind == "task" and b.status == "active"]  # fmt: skip
-        ids = set(evaluated_bucket_ids(conn, active)) | set(trained) | set(alignment) | set(tasks)
+        catalog = bucket_catalog(conn).values()
+        judged = {b.id for b in catalog if b.kind == "alignment" or b.status == "active"}
+        ids = set(evaluated_bucket_ids(conn, active)) | set(trained) | judged
         return load_probe_sets(
             conn, sorted(ids), self.gate.eval_max_probes, self.gate.alignment_max_probes
         )

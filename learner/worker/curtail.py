@@ -100,11 +100,10 @@ def curtailed(
     looks: int,
 ) -> tuple[Evidence, GateReport]:
     """The gate's verdict on ``sets``, answering no more blocks of probes than it needs
-    (each block of every set in one call; a probe is answered once)."""
+    (``answer`` caches: a probe answered at one look is not answered again)."""
     total = sum(len(p.ids) for p in sets)
     for look in range(1, looks + 1):
         answered = block_ids(sets, look, looks)
-        answer.prefetch([p.only(answered & set(p.ids)) for p in sets])
         evidence = gather(sets, answered_only(answer, answered))
         if look == looks:
             return evidence, run_gate(evidence.buckets, evidence.alignment)

@@ -44,12 +44,6 @@ class CachedAnswers:
             self.known.update({a.example_id: a for a in self.answer(probes.only(missing))})
         return [self.known[i] for i in probes.ids]
 
-    def prefetch(self, sets: list[ProbeSet]) -> None:
-        """Answer every probe of ``sets`` not known yet, one call per set (the sets'
-        probes merged into one call decode to the longest set's cap: measured slower)."""
-        for probes in sets:
-            self(probes)
-
 
 def version_name(version: Model) -> str:
     return "base" if version is None else f"v{version}"

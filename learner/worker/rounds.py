@@ -14,7 +14,12 @@ from sqlalchemy import Engine
 
 from learner.curriculum.ensemble import DifficultyScorer
 from learner.curriculum.rounds import Curriculum, Rest
-from learner.evaluation.probes import FORCED_GRADERS, answer_probes, forced_scores
+from learner.evaluation.probes import (
+    FORCED_GRADERS,
+    answer_probes,
+    forced_scores,
+    greedy_answers,
+)
 from learner.store.buckets import BucketInfo
 from learner.store.difficulty import bucket_difficulties, item_parameters
 from learner.store.probes import ProbeSet, load_probe_sets, load_watch_set
@@ -169,12 +174,13 @@ class RoundKeeper:
             watch = load_watch_set(conn, self.is_refusal, self.curriculum.config.watch_probes)
         if watch is None:
             return None
-        # Forced first (answer_probes): a model that still refuses in the target's words
-        # needs no decoding.
-        answers = answer_probes(
-            self.trainer.model, self.trainer.tokenizer, watch, self.trainer.config.max_new_tokens
+        texts = greedy_answers(
+            self.trainer.model,
+            self.trainer.tokenizer,
+            watch.examples,
+            self.trainer.config.max_new_tokens,
         )
-        return sum(self.is_refusal(a.answer) for a in answers) / len(answers)
+        return sum(self.is_refusal(t) for t in texts) / len(texts)
 
     def _watch_alignment(self, arm: str) -> str | None:
         """Charge the change of the watched refusal rate to the round's arm (teacher.harm)."""

@@ -227,9 +227,8 @@ class _Judge:
     def __call__(self, sets: list[ProbeSet], answer: CachedAnswers) -> tuple[Evidence, GateReport]:
         """The verdict, from as few blocks of probes as decide it (learner.worker.curtail);
         a probe is answered once however many looks ask for it."""
-        evidence, report = curtailed(sets, answer, self.gather, self.run_gate, self.is_refusal,
-                                     self.gate.looks)  # fmt: skip
-        return evidence, report
+        return curtailed(sets, answer, self.gather, self.run_gate, self.is_refusal,
+                         self.gate.looks)  # fmt: skip
 
     def gather(self, sets: list[ProbeSet], answer: Answerer) -> Evidence:
         """Every probe of ``sets`` that ``answer`` answers, with its references."""
@@ -272,7 +271,6 @@ def search_scale(
             if confirmed.verdict == "promote":
                 # Every probe answered (most are cached by now): the promoted version's
                 # answers are every later candidate's reference.
-                answers[scale].prefetch(sets)
                 evidence = judge.gather(sets, answers[scale])
                 result = SearchResult(scale, confirmed, evidence, trials)
                 return _with_new_references(result, judge.fresh)

@@ -23,7 +23,7 @@ def backup(
 
     SQLite: a consistent copy of both. PostgreSQL: the files, and `BACKUP.txt` in the
     backup says how to pair them with `pg_dump`."""
-    from learner.backup import backup as make_backup
+    from learner.backup import NOTE_FILE, backup as make_backup
 
     settings = database.settings()
     try:
@@ -33,7 +33,7 @@ def backup(
         raise typer.Exit(1) from exc
     print(f"backed up {result.files} files to {result.dest}")
     if result.database != "sqlite":
-        print(f"the PostgreSQL database is not in it: see {result.dest / 'BACKUP.txt'}")
+        print(f"the PostgreSQL database is not in it: see {result.dest / NOTE_FILE}")
 
 
 @with_groups
