@@ -279,3 +279,36 @@ class DifficultyConfig:
             raise ValueError(
                 "DifficultyConfig: refit_growth, idle_seconds and min_refit_seconds must be >= 0"
             )
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long the rows that only grow are kept, and how the learner prunes them.
+
+    Pruning runs in the learner's idle time (and, when it is never idle, at least every
+    ``busy_interval_seconds``), in transactions of at most ``batch_rows`` deletes each, so
+    that ingestion never waits long for SQLite's write lock. The README's "Retention" table
+    lists every table's rule (:mod:`learner.store.retention`).
+    """
+
+    enabled: bool = True
+    # Teacher decisions and round outcomes: kept this many days after their last activity,
+    # and never more than ``decision_rows`` rows (a busy learner ends a few thousand rounds
+    # a day; a row is about 1 KB with a dozen buckets' scores).
+    decision_days: float = field(default=30.0, metadata=POSITIVE)
+    decision_rows: int = field(default=100_000, metadata=POSITIVE)
+    # Processed control commands (pause, resume).
+    command_days: float = field(default=7.0, metadata=POSITIVE)
+    # Probe answers and accuracy cells of retired versions (files pruned) are removed.
+    retired_probes: bool = True
+    # Learner checkpoints on disk: the newest this many (each holds the adapter and AdamW).
+    keep_checkpoints: int = field(default=2, metadata=POSITIVE)
+    batch_rows: int = field(default=500, metadata=POSITIVE)
+    # A pass at most this often while idle; while busy, at least this often.
+    interval_seconds: float = field(default=60.0, metadata=NON_NEGATIVE)
+    busy_interval_seconds: float = field(default=600.0, metadata=NON_NEGATIVE)
+    # One pass stops after this long (the rest waits for the next pass).
+    pass_seconds: float = field(default=2.0, metadata=POSITIVE)
+
+    def __post_init__(self) -> None:
+        validate(self)

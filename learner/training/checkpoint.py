@@ -22,14 +22,16 @@ from peft.utils import load_peft_weights
 
 from learner.fsutil import remove_stale_temporaries, write_dir_atomically, write_json_atomically
 
+#: Checkpoints kept by default (RetentionConfig.keep_checkpoints): the newest and one
+#: before it, in case the newest turns out unreadable.
 KEEP_CHECKPOINTS = 2
 
 
 class CheckpointDir:
     """The checkpoints folder of one learner (one per data directory)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, keep: int = KEEP_CHECKPOINTS) -> None:
+        self.root, self.keep = root, keep
 
     @property
     def latest_file(self) -> Path:
@@ -53,7 +55,7 @@ class CheckpointDir:
 
     def _prune(self, keep: str) -> None:
         done = sorted(p for p in self.root.glob("step-*") if p.is_dir())
-        for old in done[:-KEEP_CHECKPOINTS]:
+        for old in done[: -self.keep]:
             if old.name != keep:
                 shutil.rmtree(old, ignore_errors=True)
 

@@ -38,7 +38,9 @@ class Learner(LearnerSession):
         try:
             limit = self.config.max_steps
             while not stop.is_set() and (limit is None or self.state.step < limit):
-                if not self.tick():
+                idle = not self.tick()
+                self.housekeeper.maybe_run(idle)  # pruning, mostly in idle time
+                if idle:
                     stop.wait(self.config.poll_seconds)
             self.collect_candidate(wait=True)  # its verdict belongs to this run
             self.save_checkpoint()

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
-from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
+from learner.config import DifficultyConfig, LearnerConfig, RetentionConfig, TeacherConfig
 from learner.curriculum.ensemble import DifficultyScorer, EnsembleContext, start_scorer
 from learner.curriculum.rounds import Curriculum
 from learner.evaluation.gate import GateConfig
@@ -24,6 +24,7 @@ from learner.training.checkpoint import CheckpointDir
 from learner.training.step import Trainer
 from learner.worker import report, resume
 from learner.worker.candidates import CandidateOutcome
+from learner.worker.housekeeping import Housekeeper
 from learner.worker.lease_holder import LeaseHolder
 from learner.worker.parts import LearnerParts, PartsSpec, TrainerFactory, build_parts
 
@@ -37,13 +38,16 @@ class LearnerSession:
                  base_model: str, holder: str | None = None, replay: ReplayConfig | None = None,
                  teacher: TeacherConfig | None = None, difficulty: DifficultyConfig | None = None,
                  gate: GateConfig | None = None, trainer_factory: TrainerFactory | None = None,
-                 ) -> None:  # fmt: skip
+                 retention: RetentionConfig | None = None) -> None:  # fmt: skip
         self.engine, self.config, self.base_model = engine, config, base_model
         self.data_dir, self.device = data_dir.resolve(), pick_device(config.device)
         self.spec = PartsSpec(engine, config, self.data_dir, model_dir, self.device,
                               replay or ReplayConfig(seed=config.seed), gate or GateConfig(),
                               trainer_factory or Trainer)  # fmt: skip
-        self.checkpoints = CheckpointDir(data_dir / "learner" / "checkpoints")
+        retention = retention or RetentionConfig()
+        self.checkpoints = CheckpointDir(
+            data_dir / "learner" / "checkpoints", retention.keep_checkpoints
+        )
         self.curriculum = Curriculum(teacher or TeacherConfig(), config.seed)
         self.difficulty_config = difficulty  # None: no ensemble scoring
         self.scorer: DifficultyScorer | None = None
@@ -52,6 +56,7 @@ class LearnerSession:
         self._parts: LearnerParts | None = None
         holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = LeaseHolder(engine, holder, config.lease_seconds, self.status)
+        self.housekeeper = Housekeeper(self.lease.fenced, retention)
 
     @property
     def parts(self) -> LearnerParts:

@@ -208,6 +208,7 @@ def learner(
             difficulty=settings.difficulty,
             gate=settings.gate,
             trainer_factory=factory,
+            retention=settings.retention,
         )
         print(f"lifelong learner: base model {settings.base_model} ({model_dir})", flush=True)
         # From here on a signal finishes the current step and writes a checkpoint.

@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from learner.builtin.config import BUILTIN_PREFIX, DEFAULT_PRESET, is_builtin_model
-from learner.config import DifficultyConfig, LearnerConfig, TeacherConfig
+from learner.config import DifficultyConfig, LearnerConfig, RetentionConfig, TeacherConfig
 from learner.evaluation.gate import GateConfig
 from learner.replay.config import ReplayConfig
 from learner.store.ingest import IngestLimits
@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     teacher: TeacherConfig = TeacherConfig()
     difficulty: DifficultyConfig = DifficultyConfig()
     gate: GateConfig = GateConfig()
+    retention: RetentionConfig = RetentionConfig()
     # The alignment suite created at first start (the gate's alignment check needs one):
     # auto: a builtin base gets its builtin suites (alignment-l1.., foundation-*), any
     # other model the general suite (learner.evaluation.general_suite, answered by the base
