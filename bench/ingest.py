@@ -86,19 +86,24 @@ def running_server(
     base_model: str,
     timeout: float = 180.0,
     env: dict[str, str] | None = None,
+    learner: bool = False,
+    scope: str = "submit",
 ) -> Iterator[Server]:
+    """``lifelong serve`` in a subprocess (``learner``: with its learner; the key's
+    ``scope`` is submit, or admin to promote and roll back)."""
     key = "bench-" + secrets.token_hex(16)
     port = _free_port()
-    argv = [sys.executable, "-m", "server.cli", "serve", "--no-learner", "--host", "127.0.0.1"]
+    argv = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1"]
+    argv += [] if learner else ["--no-learner"]
     argv += ["--port", str(port), "--data-dir", str(data_dir)]
     extra_env = env or {}
     env = {
         **os.environ,
         "LIFELONG_DATABASE_URL": database_url,
-        "LIFELONG_API_KEYS": f"submit:{key}",
+        "LIFELONG_API_KEYS": f"{scope}:{key}",
         "LIFELONG_BASE_MODEL": base_model,
         # Ingestion only: no model loading competing for the two cores during the run.
-        "LIFELONG_PRELOAD_MODEL": "false",
+        "LIFELONG_PRELOAD_MODEL": str(learner).lower(),
         "PYTHONUNBUFFERED": "1",
         **extra_env,
     }

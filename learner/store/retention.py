@@ -104,9 +104,3 @@ def prune_commands(conn: Connection, older_than: datetime, batch: int) -> int:
         processed = and_(processed, ControlCommand.id != newest_switch)
     ids = select(ControlCommand.id).where(processed).order_by(ControlCommand.id).limit(batch)
     return _delete_ids(conn, ControlCommand, ids)
-
-
-def table_rows(conn: Connection, tables: list[Any]) -> dict[str, int]:
-    """Rows per table (for the soak benchmark and status reports)."""
-    return {t.name: int(conn.execute(select(func.count()).select_from(t)).scalar_one())
-            for t in tables}  # fmt: skip

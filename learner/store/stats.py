@@ -8,7 +8,14 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from learner.store.models import AdapterVersion, Bucket, Example, RegistryEvent, TeacherDecision
+from learner.store.models import (
+    AdapterVersion,
+    Base,
+    Bucket,
+    Example,
+    RegistryEvent,
+    TeacherDecision,
+)
 
 
 def judged_versions(conn: Connection) -> list[int]:
@@ -53,3 +60,23 @@ def registry_event_counts(conn: Connection) -> dict[str, int]:
     """Registry events per action."""
     query = select(RegistryEvent.action, func.count()).group_by(RegistryEvent.action)
     return {action: int(n) for action, n in conn.execute(query)}
+
+
+def database_bytes(conn: Connection) -> int:
+    """The database's size on disk: PostgreSQL's ``pg_database_size``, SQLite's pages
+    (the write-ahead log beside the file is not counted)."""
+    if conn.dialect.name == "postgresql":
+        return int(
+            conn.execute(select(func.pg_database_size(func.current_database()))).scalar_one()
+        )
+    pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+    size = conn.exec_driver_sql("PRAGMA page_size").scalar_one()
+    return int(pages) * int(size)
+
+
+def table_rows(conn: Connection) -> dict[str, int]:
+    """Rows per table of the schema, by table name."""
+    return {
+        table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+        for table in Base.metadata.sorted_tables
+    }
