@@ -8,6 +8,7 @@ on a 2-core machine.
     python bench/ingest.py                          # SQLite, 100 batches of 1,000
     python bench/ingest.py --backend both           # and PostgreSQL (a fresh database)
     python bench/ingest.py --batches 50 --clients 2
+    python bench/ingest.py --backend both --with-learner --batches 600   # the learner trains
 
 The request bodies are JSON-encoded before the clock starts, so the client side costs
 little beyond the HTTP exchange. The server is given a tiny prebuilt base model
@@ -332,6 +333,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default LIFELONG_TEST_POSTGRES_URL or the local server",
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
+    parser.add_argument("--with-learner", action="store_true",
+                        help="the server's learner trains meanwhile (bench/ingest_learner.py); "
+                        "results in ingest-learner.{json,md}")  # fmt: skip
+    parser.add_argument("--learner-window", type=float, default=60.0,
+                        help="seconds of the learner alone before and after the load")  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.batches, args.batch_size, args.clients) < 1 or args.warmup < 0:
         parser.error("--batches, --batch-size and --clients must be positive")
@@ -343,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     command = shlex.join(["python", "bench/ingest.py", *(sys.argv[1:] if argv is None else argv)])
     started = machine()
+    if args.with_learner:
+        return _with_learner(args, backends, command, started)
     with tempfile.TemporaryDirectory(prefix="lifelong-bench-model-") as model_dir:
         base_model = _base_model(Path(model_dir))
         results = []
@@ -364,6 +372,33 @@ def main(argv: list[str] | None = None) -> int:
     write_reports(report, args.out)
     print_table(results)
     print(f"results: {args.out / 'ingest.json'}, {args.out / 'ingest.md'}")
+    return 0
+
+
+def _with_learner(args: argparse.Namespace, backends: list[str], command: str,
+                  started: dict[str, Any]) -> int:  # fmt: skip
+    import ingest_learner  # imports this module: loaded only for this mode
+
+    results = []
+    for backend in backends:
+        print(f"{backend}: {args.batches} x {args.batch_size} examples, learner training...",
+              flush=True)  # fmt: skip
+        results.append(ingest_learner.run_backend(backend, args))
+        print(results[-1], flush=True)
+    report = {
+        "benchmark": "ingest-learner",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": started,
+        "batches": args.batches,
+        "batch_size": args.batch_size,
+        "clients": args.clients,
+        "results": results,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ingest-learner.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "ingest-learner.md").write_text(ingest_learner.markdown(report))
+    print(ingest_learner.markdown(report))
     return 0
 
 

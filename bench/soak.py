@@ -319,6 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="2 minutes, micro base, a sample every 10 s (the test)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--report", type=Path, default=None,
+                        help="only rewrite the report and plot of this soak.json")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.warmup, args.sample_every, args.rollback_every = 2.0, 0.5, 10.0, 40.0
@@ -326,8 +328,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_report(report: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "soak.md").write_text(markdown(report))
+    plot(report, out / "soak.png")
+    print(markdown(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:  # the fits and the report again, from the samples
+        report = json.loads(args.report.read_text())
+        report["growth"] = fit_growth(report["samples"], report["config"]["warmup_minutes"])
+        write_report(report, args.out)
+        return 0
     config = SoakConfig(
         minutes=args.minutes, warmup_minutes=args.warmup, sample_every=args.sample_every,
         batch_size=args.batch_size, batch_every=args.batch_every, clients=args.clients,
@@ -347,11 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": started, "backend": backend, "base_model": base, "config": asdict(config),
         **result, "growth": fit_growth(result["samples"], config.warmup_minutes),
     }  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "soak.md").write_text(markdown(report))
-    plot(report, args.out / "soak.png")
-    print(markdown(report))
+    write_report(report, args.out)
     return 0
 
 

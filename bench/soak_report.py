@@ -39,21 +39,34 @@ def fit_growth(samples: list[dict[str, Any]], warmup_minutes: float) -> dict[str
     """Per series after the warm-up: first, last and max value, and the least-squares
     slope per hour, also as a share of the series' mean (None with under 3 points)."""
     fits = {}
+    end = max((row["minute"] for row in samples), default=0.0)
     for name, points in series(samples).items():
         kept = [(m, v) for m, v in points if m >= warmup_minutes]
         if not kept:
             continue
-        minutes, values = np.array([m for m, _ in kept]), np.array([v for _, v in kept])
-        slope = float(np.polyfit(minutes / 60, values, 1)[0]) if len(kept) >= 3 else None
-        mean = float(values.mean())
+        values = np.array([v for _, v in kept])
+        per_hour, pct = _slope(kept)
+        # The second half alone: does the growth slow down (caches filling up) or not?
+        _, late_pct = _slope([(m, v) for m, v in kept if m >= end / 2])
         fits[name] = {
             "first": values[0].item(),
             "last": values[-1].item(),
             "max": values.max().item(),
-            "per_hour": None if slope is None else round(slope, 3),
-            "pct_per_hour": None if slope is None or mean <= 0 else round(100 * slope / mean, 2),
+            "per_hour": per_hour,
+            "pct_per_hour": pct,
+            "pct_per_hour_second_half": late_pct,
         }
     return fits
+
+
+def _slope(points: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """Least-squares slope per hour of (minute, value) points, absolute and as a
+    percentage of their mean (None with under 3 points)."""
+    if len(points) < 3:
+        return None, None
+    minutes, values = np.array([m for m, _ in points]), np.array([v for _, v in points])
+    slope, mean = float(np.polyfit(minutes / 60, values, 1)[0]), float(values.mean())
+    return round(slope, 3), (None if mean <= 0 else round(100 * slope / mean, 2))
 
 
 def _server_errors(totals: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -72,9 +85,10 @@ def verdicts(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     rows = []
     for proc in ("server", "learner"):
         fit = growth.get(f"{proc}.rss_mb", {})
-        pct = fit.get("pct_per_hour")
+        pct, late = fit.get("pct_per_hour"), fit.get("pct_per_hour_second_half")
         rows.append((f"{proc} RSS growth after warm-up < {RSS_TARGET_PCT_PER_HOUR:g}%/h",
-                     f"{pct}%/h ({fit.get('first')} -> {fit.get('last')} MB)",
+                     f"{pct}%/h, second half {late}%/h ({fit.get('first')} -> "
+                     f"{fit.get('last')} MB)",
                      pct is not None and pct < RSS_TARGET_PCT_PER_HOUR))  # fmt: skip
     cap = report["config"]["decision_rows"]
     decisions = [row["rows"].get("teacher_decisions", 0) for row in samples]
@@ -114,13 +128,14 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {t} | {v} | {'yes' if ok else 'no'} |" for t, v, ok in verdicts(report)]
     lines += ["", "Growth after the warm-up (least squares over the samples):", "",
-              "| series | first | last | max | per hour | % of mean per hour |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+              "| series | first | last | max | per hour | % of mean per hour | second half |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for name, fit in sorted(report["growth"].items()):
         if name.startswith("rows.") and fit["max"] == 0:
             continue
         lines.append(f"| {name} | {fit['first']:g} | {fit['last']:g} | {fit['max']:g} | "
-                     f"{fit['per_hour']} | {fit['pct_per_hour']} |")  # fmt: skip
+                     f"{fit['per_hour']} | {fit['pct_per_hour']} | "
+                     f"{fit['pct_per_hour_second_half']} |")  # fmt: skip
     lines += ["", "Requests over the whole run:", "", "| route | statuses |", "| --- | --- |"]
     for route, statuses in sorted(report["totals"].items()):
         text = ", ".join(f"{s}: {n}" for s, n in sorted(statuses.items()))

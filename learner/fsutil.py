@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -9,6 +10,16 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether a write failed for want of space on its filesystem: an ``OSError`` ENOSPC
+    (or a quota's EDQUOT), or a library's wrapping of one (safetensors reports Rust's
+    ``StorageFull``, SQLite "database or disk is full")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left on device", "StorageFull", "disk is full"))
 
 
 def sha256_file(path: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,6 +172,22 @@ def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     cached = os.environ.get("LIFELONG_TEST_SMALL_MODEL_ROOT")
     root = Path(cached) if cached else _model_root(tmp_path_factory, "small-model")
     return str(ensure_builtin_model(root, BuiltinConfig.preset("small"), progress=False))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs mounted for this test (root only; skipped where mounting is not
+    allowed), so that a test can fill a data dir's disk; unmounted afterwards."""
+    mount = tmp_path / "small-fs"
+    mount.mkdir()
+    argv = ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine
 from learner.evaluation.gate import GateConfig
 from learner.evaluation.probes import ProbeAnswer, answer_probes
 from learner.evaluation.refusal import RefusalDetector, make_detector
-from learner.fsutil import remove_stale_temporaries, write_dir_atomically
+from learner.fsutil import is_no_space, remove_stale_temporaries, write_dir_atomically
 from learner.model import registry
 from learner.store.buckets import bucket_catalog
 from learner.store.evaluations import evaluated_bucket_ids, record_results, stored_answers
@@ -50,6 +50,12 @@ from learner.worker.scale_search import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class NoSpaceLeft(RuntimeError):
+    """A candidate could not be saved for want of disk space (its row is retired)."""
+
+
 LEARNER_ACTOR = "learner"
 REFERENCE_ADAPTER = "reference"
 
@@ -123,7 +129,15 @@ class CandidateMaker:
             self.trainer.model.save_pretrained(str(tmp))
             registry.write_provenance(tmp, provenance)
 
-        write_dir_atomically(path, fill, replace=False)
+        try:
+            write_dir_atomically(path, fill, replace=False)
+        except Exception as exc:
+            if not is_no_space(exc):
+                raise
+            with self.fenced() as conn:  # never servable: no files, and it says why
+                note = {"verdict": "abandoned", "summary": "no space left to save it"}
+                registry.set_status(conn, version, "retired", note)
+            raise NoSpaceLeft(f"version {version} not saved: {exc}") from exc
         digest = registry.sha256_file(path / registry.ADAPTER_WEIGHTS)
         with self.fenced() as conn:
             registry.complete_version(conn, version, digest, provenance)
@@ -247,8 +261,9 @@ class CandidateMaker:
             raise RuntimeError("the previous candidate has not been collected")
         version = self.save(parent, step, provenance)
         if self.replica is None:
+            outcome = self.judge(version, step, trained)  # an error leaves nothing pending
             self._judging = Future()
-            self._judging.set_result(self.judge(version, step, trained))
+            self._judging.set_result(outcome)
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="candidate-judge")

@@ -15,6 +15,7 @@ import threading
 import time
 
 import numpy as np
+from sqlalchemy.exc import OperationalError
 
 from learner.store import control
 from learner.store.db import write_transaction
@@ -22,6 +23,9 @@ from learner.worker.lease_holder import LeaseLost
 from learner.worker.session import LearnerSession
 
 log = logging.getLogger(__name__)
+
+#: First and longest wait between tries to reach the database during an outage.
+OUTAGE_RETRY_S, MAX_OUTAGE_RETRY_S = 0.5, 2.0
 
 
 class Learner(LearnerSession):
@@ -38,8 +42,12 @@ class Learner(LearnerSession):
         try:
             limit = self.config.max_steps
             while not stop.is_set() and (limit is None or self.state.step < limit):
-                idle = not self.tick()
-                self.housekeeper.maybe_run(idle)  # pruning, mostly in idle time
+                try:
+                    idle = not self.tick()
+                    self.housekeeper.maybe_run(idle)  # pruning, mostly in idle time
+                except OperationalError as exc:  # the database is down or unreachable
+                    self.ride_out_outage(exc, stop)
+                    continue
                 if idle:
                     stop.wait(self.config.poll_seconds)
             self.collect_candidate(wait=True)  # its verdict belongs to this run
@@ -51,6 +59,25 @@ class Learner(LearnerSession):
             self.stop_scorer()
             self.parts.close()
         self.lease.release()
+
+    def ride_out_outage(self, error: OperationalError, stop: threading.Event) -> None:
+        """Wait for the database to answer again, keeping the model and its state in
+        memory (a restart would reload both and lose the steps since the last checkpoint).
+
+        The lease is renewed first: if another learner took it meanwhile, ``LeaseLost``
+        ends this one (one holder at a time). A version whose save the outage interrupted
+        is left ``pending``; it is retired as after a crash."""
+        log.warning("database unavailable (%s); training waits for it", error.orig or error)
+        delay = OUTAGE_RETRY_S
+        while not stop.wait(delay):
+            try:
+                self.lease.keep(force=True)
+            except OperationalError:
+                delay = min(2 * delay, MAX_OUTAGE_RETRY_S)
+                continue
+            self.parts.candidates.recover()
+            log.warning("database back; training goes on at step %d", self.state.step)
+            return
 
     def poll(self) -> None:
         """Control commands, the bucket catalog, new examples and registry events."""

@@ -18,12 +18,13 @@ from learner.config import DifficultyConfig, LearnerConfig, RetentionConfig, Tea
 from learner.curriculum.ensemble import DifficultyScorer, EnsembleContext, start_scorer
 from learner.curriculum.rounds import Curriculum
 from learner.evaluation.gate import GateConfig
+from learner.fsutil import is_no_space
 from learner.model.loading import pick_device
 from learner.replay import ReplayConfig
 from learner.training.checkpoint import CheckpointDir
 from learner.training.step import Trainer
 from learner.worker import report, resume
-from learner.worker.candidates import CandidateOutcome
+from learner.worker.candidates import CandidateOutcome, NoSpaceLeft
 from learner.worker.housekeeping import Housekeeper
 from learner.worker.lease_holder import LeaseHolder
 from learner.worker.parts import LearnerParts, PartsSpec, TrainerFactory, build_parts
@@ -89,9 +90,13 @@ class LearnerSession:
         lineage, policy = self.parts.lineage, self.curriculum.policy.name
         provenance = report.candidate_provenance(self.spec, self.parts, self.state,
                                                  self.base_model, policy)  # fmt: skip
-        self.state.last_version = self.parts.candidates.start(
-            lineage.state.parent, self.state.step, list(lineage.state.trained), provenance
-        )
+        try:
+            self.state.last_version = self.parts.candidates.start(
+                lineage.state.parent, self.state.step, list(lineage.state.trained), provenance
+            )
+        except NoSpaceLeft as exc:  # training goes on; the next candidate tries again
+            log.error("%s; training goes on", exc)
+            return
         lineage.saved()
         self.collect_candidate(wait=self.parts.candidates.replica is None)
 
@@ -128,6 +133,14 @@ class LearnerSession:
         nothing was trained at all)."""
         if self.state.step == 0 or (self.state.step == self._checkpointed_step and not force):
             return  # nothing new to save
+        try:
+            resume.save(self.checkpoints, self.state, self.parts, self.curriculum, self.rng,
+                        self.scorer, self.lease.fenced)  # fmt: skip
+        except Exception as exc:
+            if not is_no_space(exc):
+                raise
+            # The previous checkpoint stays whole (written atomically); the next try may
+            # find space again.
+            log.error("checkpoint at step %d not written: %s", self.state.step, exc)
+            return
         self._checkpointed_step = self.state.step
-        resume.save(self.checkpoints, self.state, self.parts, self.curriculum, self.rng,
-                    self.scorer, self.lease.fenced)  # fmt: skip

@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from learner.fsutil import is_no_space
 from learner.store.ingest import IngestError
 from server.api.middleware import HttpMiddleware
 
@@ -149,11 +150,41 @@ async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal error; the request was not applied")
 
 
+#: PostgreSQL's SQLSTATE for "disk full".
+_PG_DISK_FULL = "53100"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A write that failed for want of space: SQLite's "database or disk is full",
+    PostgreSQL's disk_full, or an OSError ENOSPC (the data dir's filesystem)."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None and getattr(orig, "sqlstate", None) == _PG_DISK_FULL:
+        return True
+    return is_no_space(exc) or (orig is not None and is_no_space(orig))
+
+
+def _disk_full() -> JSONResponse:
+    log.error("out of disk space: the request was not applied")
+    return error_response(
+        507,
+        "insufficient storage: the service's disk is full; nothing of this request was "
+        "stored. Retry once space has been freed",
+        headers={"Retry-After": "30"},
+        code="disk_full",
+    )
+
+
 async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+    if is_disk_full(exc):
+        return _disk_full()
     log.warning("database unavailable or busy: %s", exc)
     return error_response(
         503, "the database is busy or unreachable; retry shortly", headers={"Retry-After": "2"}
     )
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    return _disk_full() if is_disk_full(exc) else await _unhandled(request, exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -164,6 +195,8 @@ def install_error_handlers(app: FastAPI) -> None:
     # an exhausted connection pool: the request was not applied and may be retried.
     app.add_exception_handler(OperationalError, _database_busy)
     app.add_exception_handler(PoolTimeoutError, _database_busy)
+    # A full disk (the database's or the data dir's): 507, nothing applied.
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(Exception, _unhandled)
 
 

@@ -145,6 +145,7 @@ def launch_server(
     env: Mapping[str, str] | None = None,
     keys: Mapping[str, str] | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
+    log_dir: Path | None = None,
 ) -> LiveServer:
     """Start ``python -m server.cli serve`` and wait until ``/readyz`` answers 200.
 
@@ -173,8 +174,8 @@ def launch_server(
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
-        stdout_path = data_dir / f"server-{port}.stdout"
-        stderr_path = data_dir / f"server-{port}.stderr"
+        stdout_path = (log_dir or data_dir) / f"server-{port}.stdout"
+        stderr_path = (log_dir or data_dir) / f"server-{port}.stderr"
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             proc = subprocess.Popen(
                 argv,
@@ -234,6 +235,7 @@ class ServerStarter(Protocol):
         keys: Mapping[str, str] | None = None,
         data_dir: Path | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        log_dir: Path | None = None,
     ) -> LiveServer: ...
 
 
@@ -262,6 +264,7 @@ def start_server(
         keys: Mapping[str, str] | None = None,
         data_dir: Path | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        log_dir: Path | None = None,
     ) -> LiveServer:
         server = launch_server(
             data_dir or tmp_path / f"server-data-{len(started)}",
@@ -271,6 +274,7 @@ def start_server(
             env={"LIFELONG_BASE_MODEL": base_model, **(env or {})},
             keys=keys,
             ready_timeout=ready_timeout,
+            log_dir=log_dir,
         )
         started.append(server)
         return server

@@ -37,6 +37,7 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"], responses=API_ERRORS)
         413: {"model": ErrorOut},
         422: {"model": ErrorOut},
         503: {"model": ErrorOut},
+        507: {"model": ErrorOut},
     },
 )
 def submit_tasks(
