@@ -20,7 +20,7 @@ hour is fitted (least squares) and given relative to its mean.
 
     python bench/soak.py                                # 60 minutes, SQLite, sturdy base
     python bench/soak.py --backend postgresql --minutes 15   # a fresh database, dropped after
-    python bench/soak.py --quick --out /tmp/soak        # 2 minutes, micro base (the test)
+    python bench/soak.py --quick --out /tmp/soak        # 1 minute, micro base (the test)
 
 Retention is set tighter than the defaults (``--decision-rows``) so that an hour shows
 the caps at work. Results: bench/results/soak.{json,md,png} (``--out``).
@@ -317,14 +317,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="admin URL of the PostgreSQL server for --backend postgresql",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="2 minutes, micro base, a sample every 10 s (the test)")  # fmt: skip
+                        help="1 minute, micro base, a sample every 5 s (the test)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--report", type=Path, default=None,
                         help="only rewrite the report and plot of this soak.json")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
-        args.minutes, args.warmup, args.sample_every, args.rollback_every = 2.0, 0.5, 10.0, 40.0
-        args.decision_rows = 5  # small enough for the cap to show within 2 minutes
+        args.minutes, args.warmup, args.sample_every, args.rollback_every = 1.0, 0.25, 5.0, 20.0
+        args.decision_rows = 2  # small enough for the cap to show within a minute
     return args
 
 

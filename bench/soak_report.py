@@ -162,7 +162,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for ax, names, title, log in panels:
         for name in names:
             if name in data:
-                ax.plot(*zip(*data[name], strict=True), label=name.split(".", 1)[-1])
+                label = name.removeprefix("rows.").removeprefix("disk_mb.")
+                ax.plot(*zip(*data[name], strict=True), label=label)
         ax.set_title(title)
         ax.set_yscale("log" if log else "linear")
         ax.legend(fontsize=7)

@@ -1,4 +1,4 @@
-"""Curtailed judging gives the verdicts of judging every probe: on 300 seeded synthetic
+"""Curtailed judging gives the verdicts of judging every probe: on 150 seeded synthetic
 candidates (gains, forgetting, lost refusals and over-refusals of every size, at every
 scale of the scale search) the trials and the final verdict and scale are the same with
 4 looks as with 1, while the curtailed search answers fewer probes."""
@@ -104,11 +104,11 @@ def run(seed: int, looks: int) -> tuple[SearchResult, int]:
     return result, asked
 
 
-@pytest.mark.parametrize("chunk", range(3))
+@pytest.mark.parametrize("chunk", range(2))
 def test_curtailed_search_gives_the_same_decisions(chunk: int) -> None:
     verdicts: dict[str, int] = {}
     saved = 0
-    for seed in range(chunk * 100, chunk * 100 + 100):
+    for seed in range(chunk * 75, chunk * 75 + 75):
         full, asked_full = run(seed, looks=1)
         curtailed, asked = run(seed, looks=4)
         trials = [(t.scale, t.part, t.verdict) for t in full.trials]
@@ -118,7 +118,7 @@ def test_curtailed_search_gives_the_same_decisions(chunk: int) -> None:
         saved += asked < asked_full
         verdicts[full.report.verdict] = verdicts.get(full.report.verdict, 0) + 1
     assert len(verdicts) == 3, verdicts  # promotions, holds and rejections among them
-    assert saved >= 20, saved  # and curtailment did stop early, often
+    assert saved >= 15, saved  # and curtailment did stop early, often
 
 
 def test_blocks_cover_each_set_in_order() -> None:
