@@ -358,13 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{backend}: {args.batches} x {args.batch_size} examples...", flush=True)
             results.append(run_backend(backend, args, base_model))
     report = {
-        "benchmark": "ingest",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": started,
-        "batches": args.batches,
-        "batch_size": args.batch_size,
-        "clients": args.clients,
+        **_report_header("ingest", command, started, args),
         "warmup_batches": args.warmup,
         "target_examples_per_s": TARGET_EXAMPLES_PER_S,
         "results": results,
@@ -373,6 +367,21 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"results: {args.out / 'ingest.json'}, {args.out / 'ingest.md'}")
     return 0
+
+
+def _report_header(
+    name: str, command: str, started: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """What every ingest report starts with: the run and its load."""
+    return {
+        "benchmark": name,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": started,
+        "batches": args.batches,
+        "batch_size": args.batch_size,
+        "clients": args.clients,
+    }
 
 
 def _with_learner(args: argparse.Namespace, backends: list[str], command: str,
@@ -385,16 +394,7 @@ def _with_learner(args: argparse.Namespace, backends: list[str], command: str,
               flush=True)  # fmt: skip
         results.append(ingest_learner.run_backend(backend, args))
         print(results[-1], flush=True)
-    report = {
-        "benchmark": "ingest-learner",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": started,
-        "batches": args.batches,
-        "batch_size": args.batch_size,
-        "clients": args.clients,
-        "results": results,
-    }
+    report = {**_report_header("ingest-learner", command, started, args), "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ingest-learner.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "ingest-learner.md").write_text(ingest_learner.markdown(report))
