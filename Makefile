@@ -9,7 +9,7 @@ CHROMIUM_STAMP := $(VENV)/.chromium
 # apt-get needs root: through sudo when make runs as another user.
 SUDO   := $(shell test "$$(id -u)" -eq 0 || echo sudo)
 
-.PHONY: run test lint bench bench-ingest bench-replay bench-stream bench-frontier clean venv
+.PHONY: run test test-learning lint bench bench-ingest bench-replay bench-stream bench-frontier clean venv
 
 venv: $(STAMP)
 
@@ -38,9 +38,17 @@ run: $(STAMP)
 # hand-out put them all in one worker's batch) or one test at a time (three end-to-end
 # servers and learners at once stretch each other's waits, and their idle polling with
 # them).
+# The learning-outcome runs (marker `learning`: the teacher's focus with a noise bucket, a
+# user's own chat model trained to promotion) take 2-5 minutes each alone and twice that
+# beside the rest on 2 cores, which put `make test` over its 15 minutes: they run in
+# `make test-learning` (about 6 minutes here), and test_learning_loop and test_poisoning
+# keep a learner trained to promotion, and rejected by the alignment gate, in `make test`.
 TEST_WORKERS ?= 3
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not learning"
+
+test-learning: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m learning
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -23,7 +23,7 @@ from helpers import LOOP_ENV, probe_examples, promoted
 from learner.builtin.families import make_examples
 from learner.evaluation.general_suite import BUCKETS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 BUCKET = "sort-chat"
 ENV = {

@@ -40,7 +40,11 @@ def test_quick_soak_keeps_tables_bounded_and_loses_nothing(tmp_path: Path) -> No
     assert totals["POST /v1/completions"].get("200"), totals["POST /v1/completions"]
     decisions = [s["rows"]["teacher_decisions"] for s in samples]
     # About a round every 10 s on the micro model beside this traffic: three times the cap
-    # in a minute without pruning; with it, a pass every 5 s keeps the table at its cap.
+    # in a minute without pruning; with it, passes every 5 s (between training steps, so a
+    # candidate's judging can delay one: seen 4 once in the suite) bring it back to its cap.
     step = max(b - a for a, b in itertools.pairwise(decisions))
-    assert max(decisions) <= 2 + step, decisions
+    pruned = any(b < a for a, b in itertools.pairwise(decisions))
+    assert pruned or max(decisions) <= 2, decisions
+    assert min(decisions[len(decisions) // 2 :]) <= 2 + step, decisions
+    assert max(decisions) <= 2 + 3 * step, decisions
     assert report["growth"]["server.rss_mb"]["last"] > 0

@@ -37,7 +37,7 @@ from learner.builtin.families import REFUSAL, make_examples
 from learner.evaluation.gate import GateConfig
 from teacher.stall import StallConfig, StallTracker
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.learning]
 
 MAX_ROUNDS = 28
 ENV = {
