@@ -99,3 +99,19 @@ def test_a_vanishing_temperature_decodes_greedily(micro_model_dir: Path) -> None
     greedy = generate(model, tokenizer, ["copy ab ="], GenerationParams(max_new_tokens=4))
     tiny = GenerationParams(max_new_tokens=4, temperature=1e-134, seed=3)
     assert generate(model, tokenizer, ["copy ab ="], tiny) == greedy
+
+
+def test_the_word_cache_is_off_and_encodings_unchanged(micro_model_dir: Path) -> None:
+    """load_base turns the BPE word cache off (it grew with every new prompt): the
+    tokenizer had one to turn off, and its encodings are those of a tokenizer with it."""
+    from transformers import AutoTokenizer
+
+    from learner.model.loading import drop_word_cache
+
+    _, tokenizer = load_base(micro_model_dir, torch.device("cpu"))
+    cached = AutoTokenizer.from_pretrained(micro_model_dir)
+    assert drop_word_cache(cached)  # the builtin tokenizers are BPE with a cache
+    cached = AutoTokenizer.from_pretrained(micro_model_dir)  # a fresh one, cache on
+    prompts = [f"sort: {'dcba'[: 1 + i % 4]} {i} =" for i in range(200)] * 2
+    for prompt in prompts:
+        assert tokenizer(prompt)["input_ids"] == cached(prompt)["input_ids"]
