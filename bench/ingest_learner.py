@@ -70,11 +70,11 @@ def wait_training(server: Server, min_step: int = 20, timeout: float = 900.0) ->
             time.sleep(2)
 
 
-def _progress(http: httpx.Client) -> tuple[float, int, int]:
-    """(when the learner wrote it, step, tokens seen) from its newest status."""
+def _progress(http: httpx.Client) -> tuple[float, int]:
+    """(when the learner wrote it, tokens seen) from its newest status."""
     body = http.get("/v1/learner").json()
     moment = time.monotonic() - float(body.get("heartbeat_age_seconds") or 0.0)
-    return moment, int(body["status"].get("step", 0)), int(body["status"].get("tokens_seen", 0))
+    return moment, int(body["status"].get("tokens_seen", 0))
 
 
 def learner_speed(server: Server, done: threading.Event | None, seconds: float) -> float:
@@ -85,12 +85,12 @@ def learner_speed(server: Server, done: threading.Event | None, seconds: float) 
     database."""
     headers = {"Authorization": f"Bearer {server.key}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
-        t0, _, tokens0 = _progress(http)
+        t0, tokens0 = _progress(http)
         start = time.monotonic()
         while time.monotonic() - start < seconds and not (done and done.is_set()):
             time.sleep(1.0)
         time.sleep(SETTLE_S)  # the next heartbeat carries the phase's last steps
-        t1, _, tokens1 = _progress(http)
+        t1, tokens1 = _progress(http)
     return (tokens1 - tokens0) / max(t1 - t0, 1e-9)
 
 

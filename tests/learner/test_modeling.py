@@ -109,8 +109,8 @@ def test_the_word_cache_is_off_and_encodings_unchanged(micro_model_dir: Path) ->
     from learner.model.loading import drop_word_cache
 
     _, tokenizer = load_base(micro_model_dir, torch.device("cpu"))
-    cached = AutoTokenizer.from_pretrained(micro_model_dir)
-    assert drop_word_cache(cached)  # the builtin tokenizers are BPE with a cache
+    # the builtin tokenizers are BPE with a cache
+    assert drop_word_cache(AutoTokenizer.from_pretrained(micro_model_dir))
     cached = AutoTokenizer.from_pretrained(micro_model_dir)  # a fresh one, cache on
     prompts = [f"sort: {'dcba'[: 1 + i % 4]} {i} =" for i in range(200)] * 2
     for prompt in prompts:
